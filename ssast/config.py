@@ -1,0 +1,372 @@
+"""Typed run configuration: dataclasses, YAML loading, dotted command-line overrides and validation.
+
+A YAML file only states what differs from the defaults below. Unknown keys, wrong types and impossible
+combinations raise :class:`ConfigError`, whose message names the key (and the file it came from).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in a configuration: the message names the key and, when known, the file."""
+
+
+# Sizes of the released models (DeiT layout): dim, depth, heads.
+MODEL_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12)}
+
+# Per-dataset fbank statistics (mean, std) used by the authors.
+DATASET_STATS = {
+    "audioset": (-4.2677393, 4.5689974),
+    "esc50": (-6.6268077, 5.358466),
+    "speechcommands": (-6.845978, 5.5654526),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; stored inside every checkpoint."""
+
+    size: Literal["tiny", "small", "base", "custom"] = "base"
+    dim: Optional[int] = None  # set for size=custom; otherwise derived from size
+    depth: Optional[int] = None
+    heads: Optional[int] = None
+    mlp_ratio: float = 4.0
+    fshape: int = 16
+    tshape: int = 16
+    fstride: Optional[int] = None  # None: equal to the patch shape (no overlap)
+    tstride: Optional[int] = None
+    input_fdim: int = 128
+    input_tdim: int = 1024
+    num_prefix: int = 2  # prefix (cls/dist) tokens: 1 or 2
+    drop_path: float = 0.0
+    grad_checkpointing: bool = False
+    # pretraining: masking and objectives
+    mask_patch: float = 400  # a count (>= 1) or a fraction of the tokens (< 1)
+    mask_mode: Literal["auto", "cluster", "random"] = "auto"  # auto: cluster for patches, random for frames
+    cluster_sizes: list[int] = field(default_factory=lambda: [3, 4, 5])
+    nce_weight: float = 1.0
+    mse_weight: float = 10.0
+    nce_axis: Literal["authors", "paper"] = "authors"
+    two_pass: bool = False  # the authors' behaviour: one encoder pass and one mask per objective
+    pretrain_encoder: Literal["all", "visible"] = "all"
+    decoder_depth: int = 2  # visible-token path only
+    decoder_dim: Optional[int] = None  # None: the encoder's width
+    decoder_heads: Optional[int] = None
+    # fine-tuning
+    pooling: Literal["mean", "cls"] = "mean"
+    num_classes: int = 0  # 0: taken from the label list at fine-tuning
+    init: str = ""  # "", "scratch", a checkpoint path, "imagenet:FILE" or "imagenet:timm" (see README)
+
+    def resolved(self) -> "ModelConfig":
+        """A copy with dim/depth/heads and strides filled in."""
+        c = copy.deepcopy(self)
+        if c.size != "custom":
+            d, l, h = MODEL_SIZES[c.size]
+            c.dim = c.dim or d
+            c.depth = c.depth or l
+            c.heads = c.heads or h
+        c.fstride = c.fstride or c.fshape
+        c.tstride = c.tstride or c.tshape
+        return c
+
+    @property
+    def is_frame(self) -> bool:
+        return self.fshape == self.input_fdim and self.fshape != self.tshape
+
+
+@dataclass
+class AudioConfig:
+    """Features: Kaldi fbank, length and normalisation."""
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    target_length: int = 1024
+    crop: Literal["start", "random", "center"] = "random"  # where a longer clip is cut (evaluation uses start)
+    norm_mean: float = DATASET_STATS["audioset"][0]
+    norm_std: float = DATASET_STATS["audioset"][1]
+    fbank_on: Literal["auto", "loader", "device"] = "auto"  # auto: on the training device when it is a GPU
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation; every one off by default."""
+
+    mixup: float = 0.0  # probability that a clip is mixed
+    mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha)
+    mixup_domain: Literal["wave", "fbank"] = "wave"
+    mixup_partner: Literal["batch", "dataset"] = "batch"
+    freqm: int = 0  # SpecAugment maximum frequency mask width (bins)
+    timem: int = 0  # SpecAugment maximum time mask width (frames)
+    noise: bool = False  # uniform noise + circular time shift (ESC-50 / Speech Commands recipes)
+    time_shift: int = 10  # maximum circular shift in frames when noise is on
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from. A source is a SSAST JSON list, a folder of audio, or WebDataset shards."""
+
+    train: list[str] = field(default_factory=list)
+    train_weights: list[float] = field(default_factory=list)  # one per train source; empty: equal
+    valid: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
+    label_csv: str = ""  # index,mid,display_name
+    multilabel: bool = False  # BCE + mAP instead of CE + accuracy
+    batch_size: int = 24
+    eval_batch_size: int = 0  # 0: same as batch_size
+    num_workers: int = -1  # -1: sized from the machine
+    balanced_sampling: bool = False
+    shuffle_buffer: int = 2000
+    strict: bool = False  # bad audio is an error instead of a counted skip
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
+    weight_decay: float = 5e-7
+    warmup_steps: int = 1000
+    schedule: Literal["constant", "cosine", "step", "plateau"] = "constant"
+    # step schedule (in epochs when fine-tuning, in steps when pretraining): start, every, factor
+    step_start: int = 0
+    step_every: int = 1
+    step_factor: float = 0.5
+    # plateau schedule: halve when the monitored metric has not improved for one check
+    plateau_every: int = 4000
+    plateau_factor: float = 0.5
+    min_lr: float = 0.0
+    head_lr_mult: float = 1.0
+    layer_decay: float = 1.0  # 1.0: off
+    grad_clip: float = 0.0  # 0: off
+    accum_steps: int = 1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 0  # pretraining length (steps)
+    epochs: int = 0  # fine-tuning length (epochs)
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    seed: int = 0
+    run_dir: str = "runs/run"
+    log_every: int = 20
+    ckpt_every: int = 1000  # steps; fine-tuning also saves every epoch
+    keep_last: int = 3
+    eval_every: int = 0  # steps; 0: every epoch when fine-tuning, never when pretraining
+    image_every: int = 500  # steps between reconstruction images (pretraining)
+    ema: float = 0.0  # 0: off; else the EMA decay
+    wa_start: int = 0  # weight averaging over epochs [wa_start, wa_end]; 0: off
+    wa_end: int = 0
+    max_bad_steps: int = 20  # stop after this many non-finite losses in a row
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+
+
+@dataclass
+class Config:
+    task: Literal["pretrain", "finetune"] = "pretrain"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conversion between dicts and dataclasses, with type checks that name the key.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (converting int -> float and str numbers from the CLI)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value] if not isinstance(value, str) or "," not in value else value.split(",")
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover - internal
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a (partial) mapping; unknown keys and wrong types raise ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown key {where}{unknown[0]}; valid keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def _parse_scalar(text: str) -> Any:
+    """A command-line value: YAML scalar syntax (numbers, true/false, null, [lists])."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` strings to a nested dict (validated later by from_dict)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=2e-4")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = _parse_scalar(text)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML file (optional), apply dotted overrides, validate. Errors name the key and the file."""
+    data: dict = {}
+    where = ""
+    if path is not None:
+        p = Path(path)
+        where = f" (in {p})"
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    try:
+        cfg = from_dict(Config, apply_overrides(data, overrides or []))
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{e}{where}") from None
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks: impossible combinations name the keys involved."""
+    m = cfg.model
+    if m.size == "custom" and not (m.dim and m.depth and m.heads):
+        raise ConfigError("model.size=custom needs model.dim, model.depth and model.heads")
+    r = m.resolved()
+    if r.dim % r.heads:
+        raise ConfigError(f"model.dim={r.dim} is not divisible by model.heads={r.heads}")
+    if m.num_prefix not in (1, 2):
+        raise ConfigError(f"model.num_prefix must be 1 or 2, got {m.num_prefix}")
+    if m.fshape > m.input_fdim or m.tshape > m.input_tdim:
+        raise ConfigError(
+            f"model.fshape/tshape ({m.fshape}x{m.tshape}) larger than the input "
+            f"({m.input_fdim}x{m.input_tdim})"
+        )
+    if m.input_fdim != cfg.audio.num_mel_bins:
+        raise ConfigError(
+            f"model.input_fdim={m.input_fdim} differs from audio.num_mel_bins={cfg.audio.num_mel_bins}"
+        )
+    if m.input_tdim != cfg.audio.target_length:
+        raise ConfigError(
+            f"model.input_tdim={m.input_tdim} differs from audio.target_length={cfg.audio.target_length}"
+        )
+    if cfg.task == "pretrain":
+        if r.fstride != r.fshape or r.tstride != r.tshape:
+            raise ConfigError(
+                "model.fstride/tstride: pretraining needs non-overlapping patches (stride = patch shape)"
+            )
+        if m.is_frame and m.mask_mode == "cluster":
+            raise ConfigError("model.mask_mode=cluster: frame models mask at random (clusters hurt them)")
+        if m.mask_patch <= 0:
+            raise ConfigError("model.mask_patch must be positive (a count, or a fraction below 1)")
+        if m.nce_weight <= 0 and m.mse_weight <= 0:
+            raise ConfigError("model.nce_weight and model.mse_weight are both 0: nothing to train")
+        if m.two_pass and m.pretrain_encoder == "visible":
+            raise ConfigError("model.two_pass applies to pretrain_encoder=all only")
+        if any(c < 1 for c in m.cluster_sizes) or not m.cluster_sizes:
+            raise ConfigError("model.cluster_sizes must be a non-empty list of positive sizes")
+    if cfg.data.train_weights and len(cfg.data.train_weights) != len(cfg.data.train):
+        raise ConfigError(
+            f"data.train_weights has {len(cfg.data.train_weights)} entries for {len(cfg.data.train)} sources"
+        )
+    if cfg.data.batch_size < 1:
+        raise ConfigError("data.batch_size must be at least 1")
+    if cfg.optim.accum_steps < 1:
+        raise ConfigError("optim.accum_steps must be at least 1")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError("optim.betas needs two values")
+    if cfg.train.wa_start and cfg.train.wa_end < cfg.train.wa_start:
+        raise ConfigError("train.wa_end must not be before train.wa_start")
+    if not 0 <= cfg.augment.mixup <= 1:
+        raise ConfigError("augment.mixup is a probability in [0, 1]")
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
