@@ -1,0 +1,118 @@
+"""Mask samplers: exact counts, contiguous squares, reproducibility, uniformity of the random sampler."""
+import pytest
+import torch
+
+from ssast.models.masking import cluster_mask, num_masked, random_mask, sample_mask
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 17])
+@pytest.mark.parametrize("f_rows, t_cols", [(8, 64), (8, 8), (1, 40), (2, 4)])
+def test_exact_counts(batch, f_rows, t_cols):
+    n = f_rows * t_cols
+    for num_mask in sorted({1, 2, n // 4, (3 * n) // 4, n - 1, n}):
+        for seed in range(4):
+            c = cluster_mask(batch, f_rows, t_cols, num_mask, generator=gen(seed))
+            r = random_mask(batch, n, num_mask, generator=gen(seed))
+            for m in (c, r):
+                assert m.dtype == torch.bool and m.shape == (batch, n)
+                assert (m.sum(dim=1) == num_mask).all()
+
+
+def test_reproducible_from_generator():
+    a = cluster_mask(6, 8, 64, 400, generator=gen(7))
+    b = cluster_mask(6, 8, 64, 400, generator=gen(7))
+    c = cluster_mask(6, 8, 64, 400, generator=gen(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(random_mask(4, 100, 30, generator=gen(1)), random_mask(4, 100, 30, generator=gen(1)))
+    assert not torch.equal(random_mask(4, 100, 30, generator=gen(1)), random_mask(4, 100, 30, generator=gen(2)))
+    # clips of one batch differ from each other
+    assert not torch.equal(a[0], a[1])
+
+
+def isolated(mask, f_rows, t_cols):
+    """Per clip, masked tokens with no masked 4-neighbour."""
+    g = mask.view(-1, f_rows, t_cols).float()
+    padded = torch.nn.functional.pad(g, (1, 1, 1, 1))
+    nb = padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
+    return ((g > 0) & (nb == 0)).sum(dim=(1, 2))
+
+
+def test_cluster_masks_are_made_of_squares():
+    # At 20% density random tokens are often alone; squares leave at most the trimmed part of the last one alone.
+    c = cluster_mask(200, 8, 64, 100, cluster_sizes=(3, 4, 5), generator=gen(0))
+    r = random_mask(200, 512, 100, generator=gen(0))
+    iso_c, iso_r = isolated(c, 8, 64), isolated(r, 8, 64)
+    assert iso_c.max() <= 24  # fewer than one 5x5 square
+    assert iso_c.float().mean() < 3 and iso_r.float().mean() > 20
+
+
+@pytest.mark.parametrize("side", [3, 4, 5])
+def test_single_cluster_is_a_square(side):
+    f_rows, t_cols = 10, 24
+    masks = cluster_mask(300, f_rows, t_cols, side * side, cluster_sizes=(side,), generator=gen(side))
+    squares = 0
+    for m in masks.view(-1, f_rows, t_cols):
+        rows = m.any(dim=1).nonzero().flatten()
+        cols = m.any(dim=0).nonzero().flatten()
+        box = m[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        squares += int(box.shape == (side, side) and bool(box.all()))
+    # a square is exact unless its centre is close enough to the border to be clipped
+    inside = (f_rows - side + 1) * (t_cols - side + 1) / (f_rows * t_cols)
+    assert squares / len(masks) > inside - 0.12
+
+
+def test_single_row_grid_gives_runs():
+    masks = cluster_mask(200, 1, 50, 4, cluster_sizes=(4,), generator=gen(3))
+    runs = 0
+    for m in masks.view(200, 50):
+        idx = m.nonzero().flatten()
+        runs += int(idx.max() - idx.min() == 3)
+    assert runs / 200 > 0.8
+
+
+def test_cluster_coverage_is_symmetric_and_uses_every_token():
+    m = cluster_mask(3000, 8, 16, 60, cluster_sizes=(4,), generator=gen(11)).view(3000, 8, 16).float()
+    rows, cols = m.mean(dim=(0, 2)), m.mean(dim=(0, 1))
+    assert abs(rows[0] - rows[-1]) < 0.04 and abs(cols[0] - cols[-1]) < 0.04
+    assert rows[0] < rows[4]  # borders covered by fewer square positions
+    assert m.sum(dim=0).min() > 0  # corners included (the authors' sampler never masks token 0)
+
+
+def test_random_mask_is_uniform():
+    n, m, draws = 64, 16, 4000
+    freq = random_mask(draws, n, m, generator=gen(5)).float().mean(dim=0)
+    assert torch.allclose(freq, torch.full((n,), m / n), atol=0.03)
+
+
+def test_sample_mask_dispatch_and_errors():
+    c = sample_mask("cluster", 2, (8, 8), 20, generator=gen(0))
+    r = sample_mask("random", 2, (1, 64), 20, generator=gen(0))
+    assert c.shape == (2, 64) and r.shape == (2, 64) and (c.sum(1) == 20).all() and (r.sum(1) == 20).all()
+    assert sample_mask("random", 1, (1, 8), 3, device="cpu").device.type == "cpu"
+    with pytest.raises(ValueError, match="mode"):
+        sample_mask("blocks", 2, (8, 8), 20)
+    with pytest.raises(ValueError, match="65 of 64"):
+        random_mask(1, 64, 65)
+    with pytest.raises(ValueError):
+        cluster_mask(1, 8, 8, 0)
+    with pytest.raises(ValueError, match="cluster_sizes"):
+        cluster_mask(1, 8, 8, 4, cluster_sizes=())
+
+
+def test_num_masked():
+    assert num_masked(400, 512) == 400
+    assert num_masked(400.0, 512) == 400
+    assert num_masked(0.75, 512) == 384
+    assert num_masked(512, 512) == 512
+    with pytest.raises(ValueError, match="mask_patch"):
+        num_masked(600, 512)
+    with pytest.raises(ValueError, match="mask_patch"):
+        num_masked(0.0001, 512)
+    with pytest.raises(ValueError, match="mask_patch"):
+        num_masked(0, 512)
+    with pytest.raises(ValueError, match="whole number"):
+        num_masked(2.5, 512)
