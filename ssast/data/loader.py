@@ -1,0 +1,443 @@
+"""From the config's data sources to batches: JSON lists, audio folders and shards, mixed by weight, with skip counts.
+
+``build_loader(cfg, "train")`` returns a :class:`ClipLoader`, an iterable of :func:`~ssast.data.dataset.collate`
+batches with ``set_epoch(epoch, start_batch)`` for exact resume, ``len()`` in batches (map-style sources), and a running
+count of skipped clips (``skip_summary()``).
+
+Sources: a ``.json``/``.jsonl`` clip list, a folder of audio files, or WebDataset shards (a folder holding
+``index.json``, a ``.tar`` path or a brace pattern). When every source is map-style (lists, folders) the sources are
+concatenated and drawn by :class:`ResumableSampler` (weighted when mixing sources or balancing classes; an epoch has as
+many draws as there are clips). When any source is shards, each source becomes a stream and :class:`WeightedInterleave`
+picks the next clip's source at random by weight; pretraining streams are endless.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import functools
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, get_worker_info
+
+from ssast.audio.io import AudioError
+from ssast.config import Config
+from ssast.data.dataset import ClipDataset, collate, reason_kind
+from ssast.data.manifest import (
+    DataError,
+    LabelSet,
+    check_files,
+    list_audio_folder,
+    read_json_list,
+    read_label_csv,
+    report_missing,
+)
+from ssast.data.sampler import ResumableSampler, class_balanced_weights
+
+# Endless streams resumed at batch b of an epoch restart from a fresh stream seeded by (epoch, b).
+_RESUME_STRIDE = 1_000_003
+
+
+def source_kind(source: str) -> str:
+    """'list' (JSON / JSON Lines), 'folder' (audio files) or 'shards' (WebDataset); DataError otherwise."""
+    p = Path(source)
+    low = source.lower()
+    if low.endswith((".json", ".jsonl")):
+        return "list"
+    if low.endswith(".tar") or ("{" in source and ".." in source):
+        return "shards"
+    if p.is_dir():
+        return "shards" if (p / "index.json").is_file() else "folder"
+    if not p.exists():
+        raise DataError(f"data source not found: {source}")
+    raise DataError(
+        f"data source {source}: expected a .json/.jsonl clip list, a folder of audio files, "
+        "or WebDataset shards (a folder with index.json, a .tar file or a {000..009} pattern)"
+    )
+
+
+def resolve_num_workers(requested: int, world_size: int = 1) -> int:
+    """Worker processes per rank: the request, or for -1 the CPUs this rank can spare, one left for the main process.
+
+    Capped at 8: one worker decodes about 200 ten-second 16 kHz FLAC clips/s (benchmarks/bench_decode.py), so 8 feed
+    even small-model GPU steps; sources at 44.1 kHz decode 4x slower (resampling) and are better packed as shards.
+    """
+    if requested >= 0:
+        return requested
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus // max(1, world_size) - 1))
+
+
+def _worker_init(_: int) -> None:
+    # One thread per worker: the workers already run in parallel, extra threads only contend for cores.
+    torch.set_num_threads(1)
+
+
+class MapStream(IterableDataset):
+    """A map-style dataset read as a stream (to be mixed with shards): per-epoch order, split by rank and worker."""
+
+    def __init__(self, dataset: ClipDataset, *, train: bool, seed: int, rank: int, world_size: int, endless: bool):
+        self.dataset = dataset
+        self.train = train
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.endless = endless
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        n = len(self.dataset)
+        rounds = 0
+        while n:
+            if self.train:
+                order = np.random.default_rng((self.seed, self.epoch, rounds, 17)).permutation(n)
+            else:
+                order = np.arange(n)
+            for i in order[self.rank :: self.world_size][wid::nw]:
+                yield self.dataset[int(i)]
+            rounds += 1
+            if not self.endless:
+                return
+
+
+class WeightedInterleave(IterableDataset):
+    """Streams mixed by weight: each next clip comes from source s with probability w_s / sum(w).
+
+    The choice is drawn from a generator seeded by (seed, epoch, rank, worker), so the mix is reproducible. A finite
+    source that runs out is dropped (the others continue); with ``endless`` it is restarted instead.
+    """
+
+    def __init__(
+        self, sources: Sequence[IterableDataset], weights: Sequence[float], *, seed: int, rank: int, endless: bool
+    ):
+        if len(weights) != len(sources) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError("one non-negative weight per source is needed, not all zero")
+        self.sources = list(sources)
+        self.weights = [float(w) for w in weights]
+        self.seed = seed
+        self.rank = rank
+        self.endless = endless
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        for s in self.sources:
+            if hasattr(s, "set_epoch"):
+                s.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        wid = info.id if info is not None else 0
+        rng = np.random.default_rng((self.seed, self.epoch, self.rank, wid, 29))
+        its = [iter(s) for s in self.sources]
+        w = np.asarray(self.weights, dtype=np.float64)
+        live = w > 0
+        while live.any():
+            p = np.where(live, w, 0.0)
+            s = int(rng.choice(len(its), p=p / p.sum()))
+            try:
+                yield next(its[s])
+            except StopIteration:
+                if self.endless:
+                    its[s] = iter(self.sources[s])
+                    try:
+                        yield next(its[s])
+                        continue
+                    except StopIteration:  # an empty source
+                        pass
+                live[s] = False
+
+
+def _clean_error(e: Exception) -> Exception:
+    """A worker's error arrives wrapped in a traceback text: keep only its one-line message, and its type."""
+    text = str(e)
+    if "Traceback" not in text:
+        return e
+    last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+    text = last.split(f"{type(e).__name__}: ", 1)[-1].strip()
+    if isinstance(e, AudioError):
+        return AudioError(text, kind=reason_kind(text), path=getattr(e, "path", ""))
+    try:
+        return type(e)(text)
+    except Exception:  # an error type that needs other arguments: keep it as it came
+        return e
+
+
+def _short_reason(key: str, reason: str) -> str:
+    """The reason without the clip name it repeats ("corrupt: a.wav: cannot ..." -> "corrupt: cannot ...")."""
+    kind = reason_kind(reason)
+    head = f"{kind}: {key}: "
+    return f"{kind}: {reason[len(head):]}" if reason.startswith(head) else reason
+
+
+class ClipLoader:
+    """Batches of one split: iterate for batches; ``set_epoch`` before each epoch; skipped clips are counted."""
+
+    def __init__(
+        self,
+        loader: DataLoader,
+        *,
+        sampler: ResumableSampler | None,
+        datasets: Sequence[object],
+        labels: LabelSet | None,
+        batch_size: int,
+        endless: bool,
+    ) -> None:
+        self.loader = loader
+        self.sampler = sampler
+        self.datasets = list(datasets)
+        self.labels = labels
+        self.batch_size = batch_size
+        self.endless = endless
+        self.epoch = 0
+        self.start_batch = 0
+        self.position = 0  # batches drawn in this epoch, empty ones included (save this to resume)
+        self.seen = 0  # clips read, skipped ones included
+        self.skipped: collections.Counter[str] = collections.Counter()
+        self.skip_examples: list[tuple[str, str]] = []
+
+    @property
+    def num_batches(self) -> int | None:
+        """Batches per full epoch on this rank; None for streams (shards)."""
+        if self.sampler is None:
+            return None
+        return math.ceil(self.sampler.per_rank / self.batch_size)
+
+    def __len__(self) -> int:
+        n = self.num_batches
+        if n is None:
+            raise TypeError("this loader streams shards and has no length; count steps instead")
+        return n
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch and skip its first ``start_batch`` batches (what a resumed run already consumed)."""
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+        ds_epoch = self.epoch
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch, start_batch, self.batch_size)
+        elif self.endless and start_batch:
+            ds_epoch = self.epoch * _RESUME_STRIDE + self.start_batch  # fresh stream, no replay
+        for ds in self.datasets:
+            if hasattr(ds, "set_epoch"):
+                ds.set_epoch(ds_epoch)
+
+    def _record(self, batch: dict) -> None:
+        self.seen += len(batch["keys"]) + len(batch["skipped"])
+        for key, reason in batch["skipped"]:
+            self.skipped[reason_kind(reason)] += 1
+            if len(self.skip_examples) < 5:
+                self.skip_examples.append((key, reason))
+
+    def __iter__(self) -> Iterator[dict]:
+        self.position = self.start_batch
+        # Finite streams have no sampler to skip with: drop the consumed batches (exact, costs their decoding).
+        discard = self.start_batch if (self.sampler is None and not self.endless) else 0
+        it = iter(self.loader)
+        try:
+            for batch in it:
+                if discard:
+                    discard -= 1
+                    continue
+                self.position += 1
+                self._record(batch)
+                if batch["wave"].shape[0] == 0:
+                    continue  # every clip of this batch was bad
+                yield batch
+        except (AudioError, DataError) as e:  # bad clips in strict mode, broken shards, label mismatches
+            clean = _clean_error(e)
+            if clean is e:
+                raise
+            e.__traceback__ = None  # the traceback holds the DataLoader iterator and its workers alive
+            raise clean from None
+        finally:
+            del it  # stop the worker processes now, not when the traceback is garbage-collected
+
+    def skip_summary(self) -> str:
+        """One line: how many clips were skipped, by reason, and the first examples."""
+        total = sum(self.skipped.values())
+        text = f"skipped {total} of {self.seen} clips"
+        if total:
+            kinds = ", ".join(f"{n} {k}" for k, n in self.skipped.most_common())
+            first = "; ".join(f"{key} ({_short_reason(key, reason)})" for key, reason in self.skip_examples[:3])
+            text += f": {kinds}; first: {first}"
+        return text
+
+
+def _map_dataset(cfg: Config, source: str, kind: str, labels: LabelSet | None, train: bool, seed: int) -> ClipDataset:
+    if kind == "list":
+        clips = read_json_list(source, labels)
+        missing = check_files(clips, source)
+        if missing:
+            report_missing(missing, source, len(clips), allow_missing=getattr(cfg.data, "allow_missing", False))
+            gone = set(missing)
+            clips = [c for c in clips if c.path not in gone]
+        clip_labels = labels
+    else:
+        clips = list_audio_folder(source)
+        clip_labels = None  # a folder has no labels
+    mixup = cfg.augment.mixup if cfg.augment.mixup_partner == "dataset" and cfg.augment.mixup_domain == "wave" else 0
+    return ClipDataset(
+        clips,
+        labels=clip_labels,
+        audio=cfg.audio,
+        train=train,
+        seed=seed,
+        strict=cfg.data.strict,
+        mixup_prob=mixup if train else 0.0,
+        mixup_alpha=cfg.augment.mixup_alpha,
+    )
+
+
+def _map_weights(cfg: Config, datasets: Sequence[ClipDataset], train: bool) -> np.ndarray | None:
+    """Per-item sampling weights for class balance and/or source mixing; None for plain shuffling."""
+    if not train:
+        return None
+    balanced = cfg.data.balanced_sampling
+    mixing = len(datasets) > 1 and bool(cfg.data.train_weights)
+    if not balanced and not mixing:
+        return None
+    parts = []
+    for ds in datasets:
+        if balanced:
+            if ds.labels is None:
+                raise DataError(
+                    "data.balanced_sampling needs labelled clip lists and data.label_csv; "
+                    "folders have no labels: set data.balanced_sampling=false"
+                )
+            parts.append(class_balanced_weights(ds.label_matrix()))
+        else:
+            parts.append(np.ones(len(ds)))
+    if mixing:
+        shares = np.asarray(cfg.data.train_weights, dtype=np.float64)
+        shares = shares / shares.sum()
+        # Scale each source so its total weight is its share: source s is drawn with probability share_s.
+        parts = [p * (s / p.sum()) if p.sum() > 0 else p for p, s in zip(parts, shares)]
+    return np.concatenate(parts)
+
+
+def build_loader(
+    cfg: Config,
+    split: str,
+    *,
+    labels: LabelSet | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    train: bool | None = None,
+) -> ClipLoader:
+    """The batches of ``cfg.data.<split>`` for one DDP rank; ``train`` (default: split == "train") turns on
+    shuffling, random crops, dataset mixup, weighting and, for pretraining, endless shard streams."""
+    if split not in ("train", "valid", "test"):
+        raise ValueError(f"split must be train, valid or test, got {split!r}")
+    sources = list(getattr(cfg.data, split))
+    if not sources:
+        raise DataError(f"data.{split} is empty: give a JSON clip list, an audio folder or a shard directory")
+    train = split == "train" if train is None else train
+    if labels is None and cfg.data.label_csv:
+        labels = read_label_csv(cfg.data.label_csv)
+    kinds = [source_kind(s) for s in sources]
+    seed = cfg.train.seed
+    endless = train and cfg.task == "pretrain"
+    batch_size = cfg.data.batch_size if train else (cfg.data.eval_batch_size or cfg.data.batch_size)
+    datasets: list = []
+    for k, (src, kind) in enumerate(zip(sources, kinds)):
+        src_seed = seed + 7919 * k  # distinct per source so two lists do not share crop draws
+        if kind == "shards":
+            from ssast.data.shards import ShardDataset  # lazy: only shard users need webdataset
+
+            datasets.append(
+                ShardDataset(
+                    src,
+                    labels=labels,
+                    audio=cfg.audio,
+                    train=train,
+                    seed=src_seed,
+                    rank=rank,
+                    world_size=world_size,
+                    resample=endless,
+                    shuffle_buffer=cfg.data.shuffle_buffer,
+                    strict=cfg.data.strict,
+                )
+            )
+        else:
+            datasets.append(_map_dataset(cfg, src, kind, labels, train, src_seed))
+
+    sampler = None
+    if "shards" not in kinds:
+        dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+        sampler = ResumableSampler(
+            len(dataset),
+            shuffle=train,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            pad=train,
+            weights=_map_weights(cfg, datasets, train),
+            batch_size=batch_size,
+        )
+    else:
+        if train and cfg.data.balanced_sampling:
+            raise DataError(
+                "data.balanced_sampling works with JSON clip lists, not shards; "
+                "set data.balanced_sampling=false or train from the JSON list"
+            )
+        streams = [
+            ds if kind == "shards" else MapStream(ds, train=train, seed=seed, rank=rank, world_size=world_size,
+                                                  endless=endless)
+            for ds, kind in zip(datasets, kinds)
+        ]
+        weights = cfg.data.train_weights if (train and cfg.data.train_weights) else [1.0] * len(streams)
+        dataset = streams[0] if len(streams) == 1 else WeightedInterleave(
+            streams, weights, seed=seed, rank=rank, endless=endless
+        )
+        datasets = [dataset]
+
+    workers = resolve_num_workers(cfg.data.num_workers, world_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=functools.partial(collate, sample_rate=cfg.audio.sample_rate),
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,  # workers must see each epoch's set_epoch
+        worker_init_fn=_worker_init if workers else None,
+        # its own generator: creating an iterator must not draw from the global RNG the training step uses,
+        # or a resumed run (which creates its iterator mid-epoch) would see different augmentation draws
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
+    return ClipLoader(
+        loader,
+        sampler=sampler,
+        datasets=datasets,
+        labels=labels,
+        batch_size=batch_size,
+        endless=endless and sampler is None,
+    )
+
+
+def compute_dataset_stats(cfg: Config, split: str = "train") -> tuple[float, float]:
+    """Mean and std of the split's fbank values, without augmentation (for audio.norm_mean / norm_std)."""
+    from ssast.audio.stats import fbank_stats  # lazy: features are not needed to build loaders
+
+    cfg = copy.deepcopy(cfg)
+    cfg.augment.mixup = 0.0
+    loader = build_loader(cfg, split, train=False)
+    loader.set_epoch(0)
+    mean, std = fbank_stats(((b["wave"], b["num_frames"]) for b in loader), cfg.audio)
+    if sum(loader.skipped.values()):
+        warnings.warn(loader.skip_summary(), stacklevel=2)
+    return float(mean), float(std)

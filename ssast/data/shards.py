@@ -1,0 +1,522 @@
+"""WebDataset tar shards for large corpora: ``prepare_shards`` writes them, ``ShardDataset`` streams them back.
+
+Layout written by :func:`prepare_shards` in ``out_dir``::
+
+    shard-000000.tar   members KEY.flac (16 kHz mono, 16-bit FLAC) and KEY.json {"labels", "source", "duration"}
+    shard-000000.json  sidecar: count, duration, label histogram, skipped clips, fingerprint, tar size
+    ...
+    index.json         {"format": "ssast-shards", "version": 1, "shards", "counts", "num_clips", ...}
+
+Writing is crash-safe: a shard is written as ``shard-XXXXXX.tar.tmp``, fsynced and renamed, and only then is its
+sidecar written (atomically too). A shard counts as done only when both files exist and the sidecar matches the clips
+it should hold and the tar's size, so an interrupted run can simply be re-run: finished shards are kept, the rest
+are (re)written.
+
+Reading uses webdataset's tar iterators (``tar_file_iterator`` + ``group_by_keys``), its URL brace expansion and its
+shuffle buffer; shard selection per rank and DataLoader worker is done here (not with ``split_by_node`` /
+``split_by_worker``) because the rank is given explicitly and the clip-level fallback needs the same plan.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import random
+import re
+import sys
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import soundfile as sf
+import torch
+import webdataset as wds
+from webdataset import tariterators
+from webdataset.shardlists import expand_urls
+
+from ssast.atomic import atomic_write_text, fsync_path
+from ssast.audio.io import AudioError, load_audio
+from ssast.config import AudioConfig
+from ssast.data.manifest import Clip, DataError, LabelSet, list_audio_folder, read_json_list, read_label_csv
+
+SAMPLE_RATE = 16000
+INDEX_NAME = "index.json"
+INDEX_FORMAT = "ssast-shards"
+INDEX_VERSION = 1
+AUDIO_EXTS = ("flac", "wav", "ogg", "mp3")  # member suffixes read as audio (ours are flac; others for user shards)
+_MAX_EXAMPLES = 5
+
+
+class ShardError(DataError):
+    """A shard that cannot be read as written (missing, truncated, broken member); the message names file and member."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# writing
+
+
+def shard_name(i: int) -> str:
+    """File name of shard ``i`` (``shard-000012.tar``)."""
+    return f"shard-{i:06d}.tar"
+
+
+def _sidecar_path(tar_path: str) -> str:
+    return tar_path[: -len(".tar")] + ".json"
+
+
+def member_key(index: int, path: str) -> str:
+    """Tar-safe unique key: the clip's position in the source plus its sanitised stem (no dots, no slashes)."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem).strip("_")[:64]
+    return f"{index:09d}-{stem}" if stem else f"{index:09d}"
+
+
+def _atomic_write_json(path: str, obj: Any) -> None:
+    """Readers never see a half-written index or sidecar."""
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+def _encode_flac(wave: np.ndarray) -> bytes:
+    """16-bit FLAC bytes of a float wave, quantised here (x * 32768) so that decoding gives exactly int16 / 32768."""
+    pcm = np.clip(np.round(wave.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+    buf = io.BytesIO()
+    sf.write(buf, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _fingerprint(clips: list[tuple[str, list[str], str]], max_seconds: float | None) -> str:
+    """Hash of what a shard should contain, so a resumed run never keeps a shard made from other inputs."""
+    blob = json.dumps({"clips": clips, "max_seconds": max_seconds, "sr": SAMPLE_RATE}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def _shard_done(tar_path: str, fingerprint: str) -> dict | None:
+    """The sidecar of a complete shard matching ``fingerprint``, else None (missing, stale or half-written)."""
+    side = _sidecar_path(tar_path)
+    if not (os.path.isfile(tar_path) and os.path.isfile(side)):
+        return None
+    try:
+        with open(side) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if meta.get("fingerprint") != fingerprint or meta.get("tar_bytes") != os.path.getsize(tar_path):
+        return None
+    return meta
+
+
+def _write_members(writer: wds.TarWriter, task: dict, max_samples: int | None, stats: dict) -> None:
+    """Decode each clip of a shard task and add KEY.flac + KEY.json; bad clips are counted (or raise when strict)."""
+    for path, labels, key in task["clips"]:
+        try:
+            wave = load_audio(path, sample_rate=SAMPLE_RATE, max_samples=max_samples, crop="start")
+        except AudioError as e:
+            if task["strict"]:
+                raise
+            stats["skipped"][e.kind] += 1
+            if len(stats["skipped_examples"]) < _MAX_EXAMPLES:
+                stats["skipped_examples"].append(str(e))
+            continue
+        duration = wave.shape[0] / SAMPLE_RATE
+        meta = {"labels": labels, "source": path, "duration": duration}
+        writer.write({"__key__": key, "flac": _encode_flac(wave), "json": json.dumps(meta).encode()})
+        stats["count"] += 1
+        stats["duration"] += duration
+        stats["labels"].update(labels)
+
+
+def _write_shard(task: dict) -> dict:
+    """Decode, re-encode and write one shard (a pool task: module-level and picklable, so spawn works)."""
+    torch.set_num_threads(1)  # one process per core already; resampling must not oversubscribe
+    tar_path = os.path.join(task["out_dir"], shard_name(task["shard"]))
+    tmp = tar_path + ".tmp"
+    max_samples = None if task["max_seconds"] is None else int(task["max_seconds"] * SAMPLE_RATE)
+    stats = {"count": 0, "duration": 0.0, "labels": Counter(), "skipped": Counter(), "skipped_examples": []}
+    try:
+        with open(tmp, "wb") as f:
+            writer = wds.TarWriter(f, encoder=False, mtime=0.0)  # fixed mtime: same input, same bytes
+            try:
+                _write_members(writer, task, max_samples, stats)
+            finally:
+                writer.close()  # closes the tar stream only; the file stays open for fsync
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, tar_path)
+        fsync_path(task["out_dir"])
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    meta = {
+        "format": "ssast-shard",
+        "shard": shard_name(task["shard"]),
+        "count": stats["count"],
+        "duration": stats["duration"],
+        "labels": dict(sorted(stats["labels"].items())),
+        "skipped": dict(sorted(stats["skipped"].items())),
+        "skipped_examples": stats["skipped_examples"],
+        "fingerprint": task["fingerprint"],
+        "tar_bytes": os.path.getsize(tar_path),
+    }
+    _atomic_write_json(_sidecar_path(tar_path), meta)  # last: the shard counts as done from here on
+    return meta
+
+
+def _remove_tmp_files(out_dir: str) -> None:
+    """Delete temporary shard/sidecar files; they are never a finished shard."""
+    for name in os.listdir(out_dir):
+        if name.startswith("shard-") and name.endswith(".tmp"):
+            os.remove(os.path.join(out_dir, name))
+
+
+def _read_source(source: str, label_csv: str | None) -> list[Clip]:
+    """Clips of a JSON list or a folder, with labels checked against the CSV when one is given."""
+    labels = read_label_csv(label_csv) if label_csv else None
+    if os.path.isdir(source):
+        clips = list_audio_folder(source)  # unlabeled: nothing to check against the CSV
+    elif os.path.isfile(source):
+        clips = read_json_list(source, labels)  # DataError names the entry whose label is not in the CSV
+    else:
+        raise DataError(f"{source}: no such JSON list or folder; give a SSAST JSON list or a folder of audio")
+    if not clips:
+        raise DataError(f"{source}: no clips found; check the list or the folder's contents")
+    return clips
+
+
+class _Progress:
+    """Shard progress on stderr: tqdm when installed, else one rewritten line."""
+
+    def __init__(self, total: int, done: int, enabled: bool) -> None:
+        self.total, self.done, self.enabled, self.bar = total, done, enabled, None
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self._line()
+        else:
+            self.bar = tqdm(total=total, initial=done, unit="shard", desc="prepare", file=sys.stderr)
+
+    def _line(self) -> None:
+        sys.stderr.write(f"\rprepare: {self.done}/{self.total} shards")
+        sys.stderr.flush()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.enabled:
+            self._line()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            sys.stderr.write("\n")
+
+
+def prepare_shards(
+    source: str,
+    out_dir: str,
+    *,
+    shard_size: int = 1000,
+    workers: int = 2,
+    label_csv: str | None = None,
+    max_seconds: float | None = None,
+    strict: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Pack a JSON list or a folder of audio into FLAC tar shards in parallel; resumable; returns the written index.
+
+    Shard i holds source clips [i * shard_size, (i + 1) * shard_size) minus bad clips, which are skipped and counted
+    by kind (or raise :class:`AudioError` with ``strict``). ``max_seconds`` keeps only the start of longer clips.
+    ``workers`` <= 1 runs in this process; otherwise a spawn-context process pool writes shards concurrently.
+    """
+    if shard_size < 1:
+        raise DataError(f"shard_size must be >= 1, got {shard_size}")
+    clips = _read_source(source, label_csv)
+    os.makedirs(out_dir, exist_ok=True)
+    _remove_tmp_files(out_dir)  # leftovers of an interrupted run
+    num_shards = math.ceil(len(clips) / shard_size)
+    metas: dict[int, dict] = {}
+    todo = []
+    for s in range(num_shards):
+        part = [
+            (os.path.abspath(c.path), list(c.labels), member_key(i, c.path))
+            for i, c in enumerate(clips[s * shard_size : (s + 1) * shard_size], start=s * shard_size)
+        ]
+        fp = _fingerprint(part, max_seconds)
+        meta = _shard_done(os.path.join(out_dir, shard_name(s)), fp)
+        if meta is not None:
+            metas[s] = meta  # resume: finished in an earlier run
+        else:
+            todo.append(
+                {"out_dir": out_dir, "shard": s, "clips": part, "fingerprint": fp,
+                 "max_seconds": max_seconds, "strict": strict}
+            )
+    bar = _Progress(num_shards, len(metas), progress)
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for task in todo:
+                metas[task["shard"]] = _write_shard(task)
+                bar.step()
+        else:
+            ctx = multiprocessing.get_context("spawn")  # safe with torch threads and on every platform
+            try:
+                with ctx.Pool(min(workers, len(todo))) as pool:
+                    for meta in pool.imap_unordered(_write_shard, todo):
+                        metas[int(meta["shard"][6:12])] = meta
+                        bar.step()
+            except BaseException:
+                _remove_tmp_files(out_dir)  # the pool is terminated: workers killed mid-shard leave .tmp files
+                raise
+    finally:
+        bar.close()
+    ordered = [metas[s] for s in range(num_shards)]
+    hist: Counter = Counter()
+    skipped: Counter = Counter()
+    for m in ordered:
+        hist.update(m["labels"])
+        skipped.update(m["skipped"])
+    index = {
+        "format": INDEX_FORMAT,
+        "version": INDEX_VERSION,
+        "shards": [m["shard"] for m in ordered],
+        "counts": [m["count"] for m in ordered],
+        "durations": [m["duration"] for m in ordered],
+        "num_clips": sum(m["count"] for m in ordered),
+        "total_seconds": sum(m["duration"] for m in ordered),
+        "label_histogram": dict(sorted(hist.items())),
+        "skipped": dict(sorted(skipped.items())),
+        "skipped_examples": [e for m in ordered for e in m["skipped_examples"]][:_MAX_EXAMPLES],
+        "sample_rate": SAMPLE_RATE,
+        "shard_size": shard_size,
+        "max_seconds": max_seconds,
+        "label_csv": os.path.abspath(label_csv) if label_csv else None,
+        "source": os.path.abspath(source),
+    }
+    _atomic_write_json(os.path.join(out_dir, INDEX_NAME), index)
+    return index
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading
+
+
+def read_index(path: str) -> dict:
+    """The index.json of a shard directory (or the file itself), checked for format."""
+    file = os.path.join(path, INDEX_NAME) if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise DataError(f"{path}: no {INDEX_NAME}; write shards with `ssast prepare` or pass .tar paths")
+    try:
+        with open(file) as f:
+            index = json.load(f)
+    except ValueError as e:
+        raise DataError(f"{file}: not valid JSON ({e}); re-run `ssast prepare`") from None
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or "shards" not in index:
+        raise DataError(f"{file}: not an ssast shard index (format {INDEX_FORMAT!r}); re-run `ssast prepare`")
+    return index
+
+
+def resolve_shards(urls: list[str] | str) -> tuple[list[str], int | None]:
+    """Expand a shard directory, an index.json, tar paths or brace patterns into tar paths and a clip count if known."""
+    items = [urls] if isinstance(urls, (str, Path)) else list(urls)
+    paths: list[str] = []
+    count: int | None = 0
+    for item in items:
+        item = str(item)
+        if os.path.isdir(item) or item.endswith(INDEX_NAME):
+            index = read_index(item)
+            base = item if os.path.isdir(item) else os.path.dirname(item)
+            paths += [os.path.join(base, s) for s in index["shards"]]
+            count = None if count is None else count + int(index["num_clips"])
+        else:
+            paths += expand_urls(item)  # webdataset's brace ("{000000..000009}") and "::" expansion
+            count = None
+    if not paths:
+        raise DataError(f"no shards in {urls!r}; give a shard directory, .tar paths or a brace pattern")
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(paths)} shard files not found, first: {', '.join(missing[:5])}")
+    if count is None:  # plain tar paths: count from our sidecars when every shard has one
+        sides = [_sidecar_path(p) for p in paths]
+        if all(p.endswith(".tar") and os.path.isfile(s) for p, s in zip(paths, sides)):
+            try:
+                count = sum(int(_read_json(s)["count"]) for s in sides)
+            except (OSError, ValueError, KeyError, TypeError):
+                count = None
+    return paths, count
+
+
+def _read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _seed_int(*parts: int) -> int:
+    """One integer seed from several (for random.Random, which takes no tuples)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0])
+
+
+def _shard_samples(path: str) -> Iterator[dict]:
+    """Grouped members of one tar ({"__key__", "flac", "json", ...}); a broken archive ends in an ``__error__`` dict."""
+    last = None
+    try:
+        with open(path, "rb") as f:
+            stream = [{"url": path, "stream": f}]
+            for sample in tariterators.group_by_keys(tariterators.tar_file_expander(stream)):
+                last = sample["__key__"]
+                yield sample
+    except Exception as e:  # truncated or not a tar: tarfile raises ReadError/EOFError/..., webdataset re-raises
+        where = f"after member {last}" if last else "at its start"
+        yield {"__key__": last or "", "__error__": f"corrupt: {path}: tar archive is truncated or corrupt {where} "
+               f"({type(e).__name__}: {e.args[0] if e.args else ''}); re-run `ssast prepare` for this shard"}
+
+
+class ShardDataset(torch.utils.data.IterableDataset):
+    """Streams clips from WebDataset tar shards as item dicts ``{"wave", "labels", "key"}`` (the ClipDataset format).
+
+    Splitting (no resample): the shard list (shuffled per epoch with ``(seed, epoch)`` when ``train``) is split
+    across ranks (rank r takes shards r, r + world_size, ...) and then across the DataLoader workers of the rank the
+    same way. Where a level has fewer shards than readers (fewer shards than ranks, or than a rank's workers), that
+    level splits at clip level instead: every reader of the group streams the same shards and keeps clips
+    r, r + n, ... of the stream, so every clip is still read once per epoch (at the cost of extra I/O).
+    Ranks may get unequal counts (like an eval DistributedSampler); use ``resample`` for DDP training by steps.
+
+    ``resample=True`` is an endless stream: each (rank, worker) draws shards with replacement from all shards with
+    its own seed, as webdataset's ResampledShards does. ``train`` adds a shuffle buffer (webdataset's) of
+    ``shuffle_buffer`` clips per worker and crops with ``audio.crop``; evaluation crops at the start.
+    Per-clip randomness comes from ``(seed, epoch, clip, draw)`` so it does not depend on the worker layout.
+    A broken member yields ``{"bad": True, "key": "<shard>:<key>", "reason": ...}`` (``strict`` raises instead:
+    :class:`AudioError` for audio, :class:`ShardError` for JSON or the archive). Reading uses webdataset's
+    ``tar_file_expander`` / ``group_by_keys`` on local files.
+    """
+
+    def __init__(
+        self,
+        urls: list[str] | str,
+        *,
+        labels: LabelSet | None,
+        audio: AudioConfig,
+        train: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        resample: bool = False,
+        shuffle_buffer: int = 2000,
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        self.urls, self.num_clips = resolve_shards(urls)
+        self.labels, self.audio, self.train = labels, audio, train
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.resample, self.shuffle_buffer, self.strict = resample, shuffle_buffer, strict
+        self.epoch = 0
+        sr = audio.sample_rate
+        # Samples giving exactly target_length Kaldi frames (25 ms window, 10 ms shift): (T - 1) * 160 + 400 at 16 kHz.
+        self.max_samples = (audio.target_length - 1) * (sr // 100) + sr * 25 // 1000
+        self.crop = audio.crop if train else "start"
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch: shard order, shuffle buffer and crops all depend on it."""
+        self.epoch = int(epoch)
+
+    def plan(self, worker: int = 0, num_workers: int = 1) -> tuple[list[str], int, int]:
+        """(shards to stream, modulus, remainder) for one reader: keep stream clips n with n % modulus == remainder."""
+        order = list(self.urls)
+        if self.train:
+            random.Random(_seed_int(self.seed, self.epoch)).shuffle(order)
+        R, W = self.world_size, max(1, num_workers)
+        if len(order) < R:  # too few shards even for the ranks: everyone reads everything, split by clip
+            return order, R * W, self.rank + R * worker
+        mine = order[self.rank :: R]
+        if len(mine) < W:  # enough for ranks, not for this rank's workers: split the rank's stream by clip
+            return mine, W, worker
+        return mine[worker::W], 1, 0
+
+    def _raw_stream(self, worker: int, num_workers: int) -> Iterator[tuple[str, dict, int]]:
+        """(shard path, sample, draw) for this reader, before shuffling and decoding."""
+        if self.resample:
+            rng = random.Random(_seed_int(self.seed, self.epoch, self.rank, worker, 1))
+            draw, idle = 0, 0
+            while True:
+                path = rng.choice(self.urls)
+                got = False
+                for sample in _shard_samples(path):
+                    got = True
+                    yield path, sample, draw
+                draw += 1
+                idle = 0 if got else idle + 1
+                if idle > 10 * len(self.urls) + 10:  # only empty shards: an endless stream would hang silently
+                    raise ShardError(f"no clips in any of {len(self.urls)} shards, e.g. {self.urls[0]}")
+        shards, modulus, remainder = self.plan(worker, num_workers)
+        n = 0
+        for path in shards:
+            for sample in _shard_samples(path):
+                if n % modulus == remainder:
+                    yield path, sample, 0
+                n += 1
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        stream = self._raw_stream(worker, num_workers)
+        if self.train and self.shuffle_buffer > 1:
+            rng = random.Random(_seed_int(self.seed, self.epoch, self.rank, worker, 2))
+            initial = min(100, self.shuffle_buffer)
+            stream = wds.filters.shuffle(self.shuffle_buffer, initial, rng=rng)(stream)
+        for path, sample, draw in stream:
+            yield self._decode(path, sample, draw)
+
+    def _bad(self, path: str, key: str, reason: str, exc: Callable[[str], Exception]) -> dict:
+        if self.strict:
+            raise exc(reason)
+        return {"bad": True, "key": f"{os.path.basename(path)}:{key}", "reason": reason}
+
+    def _decode(self, path: str, sample: dict, draw: int) -> dict:
+        """Item dict from one grouped tar sample: crop-decoded wave, multi-hot labels (or None), key."""
+        key = sample["__key__"]
+        if "__error__" in sample:
+            return self._bad(path, key, sample["__error__"], ShardError)
+        meta: dict = {}
+        if "json" in sample:
+            try:
+                meta = json.loads(sample["json"])
+                if not isinstance(meta, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                msg = f"corrupt: {path}: member {key}.json is not valid JSON ({e}); re-run `ssast prepare`"
+                return self._bad(path, key, msg, ShardError)
+        ext = next((e for e in AUDIO_EXTS if e in sample), None)
+        if ext is None:
+            msg = f"corrupt: {path}: sample {key} has no audio member ({', '.join(AUDIO_EXTS)})"
+            return self._bad(path, key, msg, ShardError)
+        clip_id = zlib.crc32(f"{os.path.basename(path)}:{key}".encode())
+        rng = np.random.default_rng([self.seed, self.epoch, clip_id, draw])
+        try:
+            wave = load_audio(
+                sample[ext], sample_rate=self.audio.sample_rate, max_samples=self.max_samples,
+                crop=self.crop, rng=rng, name=f"{path}:{key}.{ext}",
+            )
+        except AudioError as e:
+            if self.strict:
+                raise
+            return {"bad": True, "key": f"{os.path.basename(path)}:{key}", "reason": str(e)}
+        return {"wave": wave, "labels": self._encode_labels(path, key, meta.get("labels", [])), "key": key}
+
+    def _encode_labels(self, path: str, key: str, mids: Any) -> np.ndarray | None:
+        if self.labels is None:
+            return None
+        if isinstance(mids, str):  # lenient: the SSAST list's "mid1,mid2" form
+            mids = [m for m in mids.split(",") if m]
+        try:
+            return self.labels.encode(list(mids))
+        except (DataError, KeyError, ValueError) as e:
+            # A label CSV that does not match the shards is a configuration error, never a skippable clip.
+            raise DataError(f"{path}: member {key}.json: {e}; use the label CSV the shards were written with") from None
