@@ -126,6 +126,7 @@ class DataConfig:
     balanced_sampling: bool = False
     shuffle_buffer: int = 2000
     strict: bool = False  # bad audio is an error instead of a counted skip
+    allow_missing: bool = False  # files listed but missing on disk: warn and drop them instead of stopping
 
 
 @dataclass
@@ -167,6 +168,7 @@ class TrainConfig:
     ema: float = 0.0  # 0: off; else the EMA decay
     wa_start: int = 0  # weight averaging over epochs [wa_start, wa_end]; 0: off
     wa_end: int = 0
+    loss: Literal["auto", "ce", "bce"] = "auto"  # fine-tuning loss; auto: bce when data.multilabel else ce
     max_bad_steps: int = 20  # stop after this many non-finite losses in a row
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
 
@@ -229,6 +231,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

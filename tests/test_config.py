@@ -45,3 +45,14 @@ def test_impossible_combinations():
     # the same overlap is fine for fine-tuning
     cfg = load_config(None, ["task=finetune", "model.fstride=10", "model.tstride=10"])
     assert cfg.model.resolved().fstride == 10
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    files = sorted(root.rglob("*.yaml"))
+    assert len(files) >= 15
+    for f in files:
+        cfg = load_config(f)
+        assert cfg.task in ("pretrain", "finetune"), f

@@ -1,0 +1,5 @@
+import sys
+
+from ssast.cli import main
+
+sys.exit(main())

@@ -1,0 +1,241 @@
+"""The `ssast` command. Thin: parse arguments, then call library functions; user errors end in one clear line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ssast import __version__
+
+EPILOG_OVERRIDES = "Dotted overrides after the options set any config key, e.g. optim.lr=2e-4 data.batch_size=12."
+
+
+def _load(args) -> "Config":  # noqa: F821
+    from ssast.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config (only what differs from the defaults)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+
+
+def _model_summary(cfg) -> str:
+    from ssast.models.tokenizer import grid_shape
+
+    m = cfg.model.resolved()
+    f, t = grid_shape(m.input_fdim, m.input_tdim, m.fshape, m.tshape, m.fstride, m.tstride)
+    if cfg.task == "pretrain":
+        from ssast.models.pretrain import build_pretrain_model
+
+        model = build_pretrain_model(cfg.model)
+    else:
+        from ssast.models.classifier import SSASTClassifier
+
+        model = SSASTClassifier(cfg.model, max(cfg.model.num_classes, 1))
+    params = sum(p.numel() for p in model.parameters())
+    return (f"model: {m.size} dim {m.dim} depth {m.depth} heads {m.heads}; patch {m.fshape}x{m.tshape} stride "
+            f"{m.fstride}x{m.tstride}; grid {f}x{t} = {f * t} tokens + {m.num_prefix} prefix; {params / 1e6:.2f}M parameters")
+
+
+def cmd_train(args) -> int:
+    from ssast.config import dump_config, load_config
+    from ssast.train.engine import train
+
+    if args.resume and not args.config:
+        cfg_path = Path(args.resume) / "config.yaml"
+        cfg = load_config(cfg_path, args.overrides)
+    else:
+        cfg = _load(args)
+    if cfg.task != args.command:
+        from dataclasses import replace
+
+        cfg = replace(cfg, task=args.command)
+        from ssast.config import validate
+
+        validate(cfg)
+    if args.dry_run:
+        print(dump_config(cfg))
+        print(_model_summary(cfg))
+        return 0
+    result = train(cfg, resume=args.resume)
+    final = result.get("final")
+    if final:
+        print(json.dumps({k: v for k, v in final.items() if isinstance(v, (int, float))}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ssast.inference import evaluate_checkpoint
+
+    cfg = _load(args)
+    metrics = evaluate_checkpoint(args.checkpoint, cfg)
+    metrics.pop("per_class_ap", None)
+    text = json.dumps(metrics, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from ssast.inference import predict_files
+
+    results = predict_files(args.checkpoint, args.files, top_k=args.top_k, device=args.device)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(r["file"])
+            for i, t in enumerate(r["top"], 1):
+                print(f"  {i}. {t['label']:<32} {t['score']:.4f}")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from ssast.inference import embed_files
+
+    written = embed_files(args.checkpoint, args.files, args.out, tokens=args.tokens, device=args.device)
+    print(f"wrote {len(written)} embeddings to {args.out}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from ssast.data.shards import prepare_shards
+
+    index = prepare_shards(args.source, args.out, shard_size=args.shard_size, workers=args.workers,
+                           label_csv=args.label_csv, strict=args.strict)
+    print(f"wrote {len(index['shards'])} shards, {index['num_clips']} clips, "
+          f"{index['total_seconds'] / 3600:.2f} h to {args.out}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from ssast.data.loader import compute_dataset_stats
+
+    cfg = _load(args)
+    mean, std = compute_dataset_stats(cfg, split="train")
+    print(json.dumps({"norm_mean": mean, "norm_std": std}))
+    print(f"use: audio.norm_mean={mean:.7g} audio.norm_std={std:.7g}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from ssast.models.authors import import_authors_checkpoint
+
+    meta = import_authors_checkpoint(args.source, args.out, pooling=args.pooling, input_tdim=args.input_tdim,
+                                     fstride=args.fstride, tstride=args.tstride)
+    m = meta["model"]
+    print(f"converted {args.source} -> {args.out}: {meta['kind']}, dim {m['dim']}, depth {m['depth']}, "
+          f"patch {m['fshape']}x{m['tshape']} stride {m['fstride']}x{m['tstride']}, {m['input_tdim']} frames")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ssast.compare import compare_runs
+
+    table, png = compare_runs(args.runs, args.out)
+    print(table)
+    print(f"curves: {png}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ssast.demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssast", description="Self-supervised Audio Spectrogram Transformer")
+    parser.add_argument("--version", action="version", version=f"ssast {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, text in (("pretrain", "masked spectrogram patch modeling"), ("finetune", "supervised fine-tuning")):
+        p = sub.add_parser(name, help=text, epilog=EPILOG_OVERRIDES)
+        _add_config_args(p)
+        p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+        p.add_argument("--dry-run", action="store_true", help="print the resolved config and model summary, then exit")
+        p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a fine-tuned checkpoint on a labelled list", epilog=EPILOG_OVERRIDES)
+    p.add_argument("checkpoint")
+    _add_config_args(p)
+    p.add_argument("--out", help="write the metrics JSON here too")
+    p.set_defaults(func=cmd_evaluate)
+
+    for name, text in (("predict", "top-k labels for audio files"), ("embed", "clip or token embeddings to .npy")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("checkpoint")
+        p.add_argument("files", nargs="+")
+        p.add_argument("--device", default="cpu")
+        if name == "predict":
+            p.add_argument("--top-k", type=int, default=5)
+            p.add_argument("--json", action="store_true", help="JSON instead of a table")
+            p.set_defaults(func=cmd_predict)
+        else:
+            p.add_argument("--out", required=True, help="output folder")
+            p.add_argument("--tokens", action="store_true", help="token embeddings (N, D) instead of pooled (D,)")
+            p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("prepare", help="write WebDataset shards from a JSON list or a folder of audio")
+    p.add_argument("source")
+    p.add_argument("out")
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--label-csv")
+    p.add_argument("--strict", action="store_true")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("stats", help="fbank mean and std of the training data (for audio.norm_mean/std)",
+                       epilog=EPILOG_OVERRIDES)
+    _add_config_args(p)
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("import-checkpoint", help="convert the authors' released .pth to our format")
+    p.add_argument("source")
+    p.add_argument("out")
+    p.add_argument("--pooling", choices=["mean", "cls"], default="mean",
+                   help="fine-tuned checkpoints: mean for SSAST fine-tuning, cls for AST (e.g. audioset_10_10_0.4593.pth)")
+    p.add_argument("--input-tdim", type=int, help="fine-tuned checkpoints: input frames (default: inferred)")
+    p.add_argument("--fstride", type=int)
+    p.add_argument("--tstride", type=int)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("compare", help="table and curves of several runs (e.g. patch vs frame)")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", default="compare", help="folder for the table and PNG")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", help="the built-in end-to-end demo on synthetic audio (about 10 min on 2 CPU cores)")
+    p.add_argument("--out", default="demo_runs")
+    p.add_argument("--quick", action="store_true", help="a much shorter run, for smoke tests")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def user_errors() -> tuple[type, ...]:
+    """Exception classes that mean the user has something to fix: reported in one line, no traceback."""
+    from ssast.audio.io import AudioError
+    from ssast.config import ConfigError
+    from ssast.data.manifest import DataError
+    from ssast.models.checkpoint import CheckpointError
+    from ssast.train.engine import TrainingStopped
+
+    return (ConfigError, DataError, AudioError, CheckpointError, TrainingStopped, FileNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except user_errors() as e:
+        print(f"ssast {args.command}: error: {e}", file=sys.stderr)
+        return 130 if type(e).__name__ == "TrainingStopped" and "signal" in str(e) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Using trained models on audio files: evaluation on a labelled list, top-k prediction and embeddings."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from ssast.config import AudioConfig, AugmentConfig, Config, ConfigError, ModelConfig, from_dict
+
+
+def audio_config_of(meta: dict) -> AudioConfig:
+    """The feature settings a checkpoint was trained with (stored in its metadata)."""
+    audio = (meta.get("extra") or {}).get("audio")
+    cfg = from_dict(AudioConfig, audio) if audio else AudioConfig()
+    norm = meta.get("norm") or {}
+    return replace(cfg, norm_mean=norm.get("mean", cfg.norm_mean), norm_std=norm.get("std", cfg.norm_std), crop="start")
+
+
+def load_for_inference(path: str, device: torch.device, need_head: bool):
+    """A classifier from our checkpoint (or, for embeddings, the encoder of a pretraining checkpoint), in eval mode."""
+    from ssast.models.checkpoint import build_classifier, load_pretrained, read_checkpoint_meta
+
+    meta = read_checkpoint_meta(path)
+    if meta.get("kind") == "classifier":
+        model, meta = load_pretrained(path)
+    elif need_head:
+        raise ConfigError(f"{path} is a pretraining checkpoint: fine-tune it first (ssast finetune) to predict labels")
+    else:
+        # the classifier path without a head: the encoder is loaded strictly, the decoder and heads are dropped
+        mcfg = from_dict(ModelConfig, meta["model"])
+        model, _ = build_classifier(replace(mcfg, init=""), 1, path)
+    return model.to(device).eval(), meta
+
+
+def batches_of_files(files: list[str], audio: AudioConfig, batch_size: int) -> Iterable[dict]:
+    """Decode files (first target_length frames of each) into padded batches; bad files raise AudioError."""
+    from ssast.audio.fbank import max_samples
+    from ssast.audio.io import load_audio
+    from ssast.data.dataset import collate
+
+    for i in range(0, len(files), batch_size):
+        items = []
+        for f in files[i : i + batch_size]:
+            wave = load_audio(f, sample_rate=audio.sample_rate, max_samples=max_samples(audio.target_length), crop="start")
+            items.append({"wave": wave, "labels": None, "key": str(f)})
+        yield collate(items)
+
+
+@torch.no_grad()
+def run_files(model, files: list[str], audio: AudioConfig, device: torch.device, batch_size: int, fn) -> list:
+    from ssast.audio.features import FeatureExtractor
+
+    features = FeatureExtractor(audio, AugmentConfig()).to(device)
+    outputs = []
+    for batch in batches_of_files(files, audio, batch_size):
+        feats = features(batch["wave"].to(device), batch["num_frames"].to(device), train=False)
+        outputs.append(fn(feats))
+    return outputs
+
+
+def predict_files(ckpt: str, files: list[str], top_k: int = 5, device: str = "cpu", batch_size: int = 8) -> list[dict]:
+    """Top-k labels with scores per file (softmax for single-label models, sigmoid for multi-label)."""
+    dev = torch.device(device)
+    model, meta = load_for_inference(ckpt, dev, need_head=True)
+    audio = audio_config_of(meta)
+    multilabel = bool((meta.get("extra") or {}).get("multilabel", False))
+    names = meta.get("labels") or [str(i) for i in range(meta.get("num_classes", 0))]
+    outs = run_files(model, files, audio, dev, batch_size, lambda x: model(x).float())
+    logits = torch.cat(outs)
+    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)
+    k = min(top_k, probs.shape[1])
+    scores, idx = probs.topk(k, dim=-1)
+    return [
+        {"file": f, "top": [{"label": names[j], "score": float(s)} for s, j in zip(sc.tolist(), ix.tolist())]}
+        for f, sc, ix in zip(files, scores, idx)
+    ]
+
+
+def embed_files(ckpt: str, files: list[str], out_dir: str, tokens: bool = False, device: str = "cpu",
+                batch_size: int = 8) -> list[Path]:
+    """Clip embeddings (pooled, (D,)) or token embeddings ((N, D)) per file, saved as .npy under out_dir."""
+    dev = torch.device(device)
+    model, meta = load_for_inference(ckpt, dev, need_head=False)
+    audio = audio_config_of(meta)
+    outs = run_files(model, files, audio, dev, batch_size, lambda x: model.forward_features(x, tokens=tokens).float())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    emb = torch.cat(outs).cpu().numpy()
+    for i, (f, e) in enumerate(zip(files, emb)):
+        p = out / f"{i:05d}_{Path(f).stem}.npy"
+        np.save(p, e)
+        written.append(p)
+    return written
+
+
+def evaluate_checkpoint(ckpt: str, cfg: Config) -> dict:
+    """Metrics of a classifier checkpoint on cfg.data.test (or valid) with the checkpoint's own feature settings."""
+    from ssast.data.loader import build_loader
+    from ssast.train.engine import FinetuneTask, load_label_set
+    from ssast.train.runtime import setup_runtime
+
+    rt = setup_runtime(cfg.train.device, cfg.train.precision)
+    model, meta = load_for_inference(ckpt, rt.device, need_head=True)
+    cfg = replace(cfg, audio=audio_config_of(meta), task="finetune")
+    labels = load_label_set(cfg)
+    if meta.get("label_ids") and list(labels.ids) != list(meta["label_ids"]):
+        raise ConfigError(f"data.label_csv: its labels differ from those {ckpt} was trained on")
+    split = "test" if cfg.data.test else "valid"
+    if not getattr(cfg.data, split):
+        raise ConfigError("data.test (or data.valid): give the labelled list to evaluate on")
+    loader = build_loader(cfg, split, labels=labels)
+    from ssast.audio.features import FeatureExtractor
+
+    features = FeatureExtractor(cfg.audio, AugmentConfig()).to(rt.device)
+
+    def feature_fn(batch, train):
+        return features(batch["wave"].to(rt.device), batch["num_frames"].to(rt.device), train=False)
+
+    task = FinetuneTask(cfg, rt, labels)
+    scores, targets, keys = task.predict(model, loader, rt, feature_fn)
+    from ssast.metrics import classification_metrics
+
+    metrics = classification_metrics(scores, targets, cfg.data.multilabel)
+    metrics["num_clips"] = len(keys)
+    return metrics

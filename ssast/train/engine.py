@@ -1,0 +1,582 @@
+"""The one training engine for pretraining (steps, masked patch modeling) and fine-tuning (epochs, classification).
+
+What differs between the two lives in a small task object (:class:`PretrainTask`, :class:`FinetuneTask`): how the
+model is built, what one batch's loss is, and how it is evaluated. Everything else (device and precision, DDP,
+accumulation, clipping, schedules, EMA and weight averaging, checkpoints and exact resume, signals, non-finite losses,
+logging) is shared.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import resource
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssast.config import Config, ConfigError, dump_config
+from ssast.metrics import classification_metrics
+from ssast.train import checkpoints as ck
+from ssast.train.logging import Board, Progress, reconstruction_figure
+from ssast.train.optim import LRSchedule, build_optimizer
+from ssast.train.runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime
+
+
+class TrainingStopped(RuntimeError):
+    """The run ended early on purpose (signal) or because the loss kept being non-finite; a checkpoint tells where."""
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_label_set(cfg: Config):
+    """The label set of a fine-tuning run (from data.label_csv); None for unlabeled pretraining."""
+    from ssast.data.manifest import read_label_csv
+
+    if cfg.data.label_csv:
+        return read_label_csv(cfg.data.label_csv)
+    if cfg.task == "finetune":
+        raise ConfigError("data.label_csv: fine-tuning needs the label CSV (index,mid,display_name)")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tasks
+
+
+class PretrainTask:
+    """Masked spectrogram patch modeling: the model returns its own loss and masked accuracy."""
+
+    kind = "pretrain"
+    monitor = "accuracy"  # masked-patch accuracy, for the plateau schedule and the best checkpoint
+
+    def __init__(self, cfg: Config, rt: Runtime, labels):
+        self.cfg, self.rt = cfg, rt
+
+    def build_model(self) -> tuple[nn.Module, str]:
+        from ssast.models.checkpoint import load_pretrained
+        from ssast.models.pretrain import build_pretrain_model
+
+        model = build_pretrain_model(self.cfg.model)
+        info = "pretraining from random initialisation"
+        if self.cfg.model.init and self.cfg.model.init != "scratch":
+            src, meta = load_pretrained(self.cfg.model.init)
+            if meta.get("kind") != "pretrain":
+                raise ConfigError(f"model.init={self.cfg.model.init}: continuing pretraining needs a pretraining checkpoint")
+            model.load_state_dict(src.state_dict(), strict=True)
+            info = f"pretraining continues from {self.cfg.model.init}"
+        return model, info
+
+    def loss(self, model, feats, labels, gen):
+        out = model(feats, generator=gen)
+        return out.loss, {"nce": out.nce, "mse": out.mse, "accuracy": out.accuracy}
+
+    @torch.no_grad()
+    def evaluate(self, model, batches, rt: Runtime, feature_fn) -> dict:
+        """Masked accuracy and losses on held-out clips with masks from a fixed seed (comparable across evals)."""
+        gen = torch.Generator(rt.device).manual_seed(1234)
+        sums, n = {}, 0
+        for batch in batches:
+            feats = feature_fn(batch, train=False)
+            with rt.autocast():
+                out = model(feats, generator=gen)
+            for k, v in {"loss": out.loss, "nce": out.nce, "mse": out.mse, "accuracy": out.accuracy}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * feats.shape[0]
+            n += feats.shape[0]
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+class FinetuneTask:
+    """Classification with CE (single-label, soft targets allowed for mixup) or BCE (multi-label)."""
+
+    kind = "classifier"
+
+    def __init__(self, cfg: Config, rt: Runtime, labels):
+        self.cfg, self.rt, self.labels = cfg, rt, labels
+        loss = cfg.train.loss
+        self.bce = loss == "bce" or (loss == "auto" and cfg.data.multilabel)
+        self.monitor = "mAP" if cfg.data.multilabel else "accuracy"
+
+    def build_model(self) -> tuple[nn.Module, str]:
+        from ssast.models.checkpoint import build_classifier
+
+        return build_classifier(self.cfg.model, len(self.labels), self.cfg.model.init or None)
+
+    def loss(self, model, feats, labels, gen):
+        logits = model(feats).float()
+        if self.bce:
+            loss = F.binary_cross_entropy_with_logits(logits, labels)
+        else:
+            loss = torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return loss, {}
+
+    @torch.no_grad()
+    def predict(self, model, batches, rt: Runtime, feature_fn) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        scores, targets, keys = [], [], []
+        for batch in batches:
+            feats = feature_fn(batch, train=False)
+            with rt.autocast():
+                logits = model(feats).float()
+            probs = torch.sigmoid(logits) if self.bce else torch.softmax(logits, dim=-1)
+            scores.append(probs.cpu().numpy())
+            targets.append(batch["labels"].numpy())
+            keys.extend(batch["keys"])
+        return np.concatenate(scores), np.concatenate(targets), keys
+
+    def evaluate(self, model, batches, rt: Runtime, feature_fn) -> dict:
+        scores, targets, _ = self.predict(model, batches, rt, feature_fn)
+        return classification_metrics(scores, targets, self.cfg.data.multilabel)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The trainer
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, resume: str | None = None, stream=None):
+        from ssast.audio.features import FeatureExtractor
+        from ssast.data.loader import build_loader
+
+        self.cfg = cfg
+        self.rt = setup_runtime(cfg.train.device, cfg.train.precision)
+        rt = self.rt
+        seed_everything(cfg.train.seed + rt.rank)
+        self.run_dir = Path(cfg.train.run_dir)
+        self.resume_from = ck.resolve_resume(Path(resume)) if resume else None
+        if rt.is_main:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            ck.atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+        self.labels = load_label_set(cfg)
+        self.task = PretrainTask(cfg, rt, self.labels) if cfg.task == "pretrain" else FinetuneTask(cfg, rt, self.labels)
+
+        self.train_loader = build_loader(cfg, "train", labels=self.labels, rank=rt.rank, world_size=rt.world_size)
+        self.valid_loader = build_loader(cfg, "valid", labels=self.labels) if cfg.data.valid else None
+        self.test_loader = build_loader(cfg, "test", labels=self.labels) if cfg.data.test else None
+        self.features = FeatureExtractor(cfg.audio, cfg.augment).to(rt.device)
+
+        model, self.init_info = self.task.build_model()
+        self.model = model.to(rt.device)
+        self.num_params = count_parameters(self.model)
+        self.optimizer = build_optimizer(self.model, cfg.optim, rt.device)
+        self.step_model = self.model
+        if rt.distributed:
+            # a pretraining head switched off (weight 0) gets no gradient: DDP must then look for unused parameters
+            unused = cfg.task == "pretrain" and (cfg.model.nce_weight <= 0 or cfg.model.mse_weight <= 0)
+            self.step_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                find_unused_parameters=unused,
+            )
+        if cfg.train.compile:
+            self.step_model = torch.compile(self.step_model)
+
+        try:
+            self.batches_per_epoch = len(self.train_loader)
+        except TypeError:  # endless shard stream
+            self.batches_per_epoch = 0
+        accum = cfg.optim.accum_steps
+        if cfg.task == "pretrain":
+            if cfg.train.steps <= 0:
+                raise ConfigError("train.steps: pretraining needs a positive number of steps")
+            self.total_steps = cfg.train.steps
+            steps_per_unit = 1  # the step schedule counts steps when pretraining
+        else:
+            if cfg.train.epochs <= 0:
+                raise ConfigError("train.epochs: fine-tuning needs a positive number of epochs")
+            if not self.batches_per_epoch:
+                raise ConfigError("data.train: fine-tuning needs a finite training set (not resampled shards)")
+            self.total_steps = cfg.train.epochs * max(1, self.batches_per_epoch // accum)
+            steps_per_unit = max(1, self.batches_per_epoch // accum)
+        self.schedule = LRSchedule(self.optimizer, cfg.optim, self.total_steps, steps_per_unit)
+        self.gen = torch.Generator(rt.device).manual_seed(cfg.train.seed * 1000 + rt.rank)
+
+        self.ema = None
+        if cfg.train.ema > 0:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=cfg.train.ema)
+        self.wa_state, self.wa_count = None, 0
+
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.bad_streak = 0
+        self.bad_total = 0
+        self.best = -math.inf
+        self.history: list[dict] = []
+        self.elapsed = 0.0
+        self._restored_rng = None
+        if self.resume_from:
+            self._load_trainer_state(self.resume_from)
+
+        self.board = Board(self.run_dir / "tb") if rt.is_main else Board(None)
+        self.progress = Progress(
+            self.total_steps, cfg.train.progress if rt.is_main else "none", stream, self.run_dir / "log.txt" if rt.is_main else None
+        )
+        self._stop_signal = None
+        self._fixed_clip = None
+
+    # -- features ------------------------------------------------------------------------------------------------
+    def feature_fn(self, batch: dict, train: bool, mix=None) -> torch.Tensor:
+        wave = batch["wave"].to(self.rt.device, non_blocking=True)
+        num_frames = batch["num_frames"].to(self.rt.device, non_blocking=True)
+        return self.features(wave, num_frames, train=train, generator=self.gen if train else None, mix=mix)
+
+    def _prepare_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Waveforms -> normalised (augmented) fbanks on the training device; batch-level mixup when configured."""
+        aug = self.cfg.augment
+        labels = batch.get("labels")
+        if labels is not None:
+            labels = labels.to(self.rt.device, non_blocking=True)
+        if aug.mixup > 0 and aug.mixup_partner == "batch" and batch["wave"].shape[0] > 1:
+            from ssast.audio.augment import mix_labels, mix_waves, sample_mixup
+
+            lam, partner, _ = sample_mixup(batch["wave"].shape[0], aug.mixup, aug.mixup_alpha, generator=self.gen,
+                                           device=self.rt.device)
+            if aug.mixup_domain == "wave":
+                wave = batch["wave"].to(self.rt.device)
+                nf = batch["num_frames"].to(self.rt.device)
+                wave, nf = mix_waves(wave, nf, lam, partner)
+                feats = self.feature_fn({"wave": wave, "num_frames": nf}, train=True)
+            else:
+                feats = self.feature_fn(batch, train=True, mix=(lam, partner))  # mixed before SpecAugment
+            if labels is not None:
+                labels = mix_labels(labels, lam, partner)
+            return feats, labels
+        return self.feature_fn(batch, train=True), labels
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def _trainer_state(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": rng_state(),
+            "gen": self.gen.get_state(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "bad_total": self.bad_total,
+            "best": self.best,
+            "history": self.history,
+            "elapsed": self.elapsed,
+            "ema": self.ema.module.state_dict() if self.ema else None,
+            "wa_state": self.wa_state,
+            "wa_count": self.wa_count,
+            "skipped": dict(getattr(self.train_loader, "skipped", {}) or {}),
+        }
+
+    def _load_trainer_state(self, path: Path) -> None:
+        from ssast.models.checkpoint import load_state
+
+        self.model.load_state_dict(load_state(path), strict=True)
+        st = torch.load(path / ck.TRAINER_STATE, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.schedule.load_state_dict(st["schedule"])
+        self.gen.set_state(st["gen"])
+        self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
+        self.bad_total, self.best, self.history, self.elapsed = st["bad_total"], st["best"], st["history"], st["elapsed"]
+        if self.ema and st["ema"] is not None:
+            self.ema.module.load_state_dict(st["ema"])
+        self.wa_state, self.wa_count = st["wa_state"], st["wa_count"]
+        self._restored_rng = st["rng"]  # applied when the loop starts, after everything set-up may draw
+
+    def _model_meta(self) -> dict:
+        labels = self.labels
+        return dict(
+            kind=self.task.kind,
+            model_cfg=self.cfg.model,
+            labels=list(labels.names) if labels is not None else None,
+            label_ids=list(labels.ids) if labels is not None else None,
+            norm={"mean": self.cfg.audio.norm_mean, "std": self.cfg.audio.norm_std},
+            extra={"step": self.step, "epoch": self.epoch, "task": self.cfg.task, "audio": asdict(self.cfg.audio),
+                   "multilabel": self.cfg.data.multilabel},
+        )
+
+    def save(self, protect_best: bool = False) -> Path | None:
+        """Write checkpoints/step-N (model + trainer state), move `last`, prune old ones. Rank 0 only."""
+        if not self.rt.is_main:
+            return None
+        from ssast.models.checkpoint import save_checkpoint
+
+        d = ck.step_dir(self.run_dir, self.step)
+        save_checkpoint(d, self.model, **self._model_meta())
+        ck.atomic_torch_save(self._trainer_state(), d / ck.TRAINER_STATE)
+        ck.point_last(self.run_dir, d)
+        ck.prune(self.run_dir, self.cfg.train.keep_last, protect={d})
+        return d
+
+    def save_model(self, name: str, model: nn.Module | None = None) -> Path | None:
+        if not self.rt.is_main:
+            return None
+        from ssast.models.checkpoint import save_checkpoint
+
+        d = self.run_dir / name
+        save_checkpoint(d, model or self.model, **self._model_meta())
+        return d
+
+    # -- signals -------------------------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    def evaluate(self, loader, model: nn.Module | None = None) -> dict:
+        model = model or (self.ema.module if self.ema else self.model)
+        was_training = model.training
+        model.eval()
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(0)
+        try:
+            return self.task.evaluate(model, loader, self.rt, self.feature_fn)
+        finally:
+            model.train(was_training)
+
+    def _log_reconstruction(self) -> None:
+        if not (self.rt.is_main and self.cfg.task == "pretrain" and hasattr(self.model, "reconstruct")):
+            return
+        if self._fixed_clip is None:
+            return
+        feats = self.feature_fn(self._fixed_clip, train=False)
+        was = self.model.training
+        self.model.eval()
+        with torch.no_grad(), self.rt.autocast():
+            mask, recon = self.model.reconstruct(feats, generator=torch.Generator(self.rt.device).manual_seed(7))
+        self.model.train(was)
+        from ssast.models.tokenizer import unpatchify
+
+        c = self.cfg.model
+        patch = c.fshape * c.tshape
+        ones = torch.ones(1, mask.shape[1], patch, device=mask.device) * mask[..., None].float()
+        mask_map = unpatchify(ones, c.fshape, c.tshape, feats.shape[2], feats.shape[1])
+        img = reconstruction_figure(feats[0].float().cpu().numpy(), mask_map[0].cpu().numpy(),
+                                    recon[0].float().cpu().numpy())
+        self.board.image("pretrain/reconstruction", img, self.step)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, rt = self.cfg, self.rt
+        self.progress.message(
+            f"{cfg.task}: {self.num_params / 1e6:.2f}M parameters, device {rt.device}, {rt.precision}, "
+            f"world size {rt.world_size}, {self.total_steps} steps; {self.init_info}"
+        )
+        if rt.note:
+            self.progress.message(rt.note)
+        if self.resume_from:
+            self.progress.message(f"resumed from {self.resume_from} at step {self.step}")
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._fit()
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            self.board.close()
+            self.progress.close()
+
+    def _fit(self) -> dict:
+        cfg, rt = self.cfg, self.rt
+        accum = cfg.optim.accum_steps
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        window_clips, window_start = 0, time.time()
+        plateau_sum, plateau_n = torch.zeros((), device=rt.device), 0
+        self.step_model.train()
+        micro = 0
+        if cfg.task == "pretrain" and cfg.train.image_every and rt.is_main:
+            # one fixed clip for the reconstruction images, taken before training starts
+            source = self.valid_loader or self.train_loader
+            source.set_epoch(0)
+            batch = next(iter(source))
+            self._fixed_clip = {k: batch[k][:1] for k in ("wave", "num_frames")}
+        while self.step < self.total_steps:
+            self.train_loader.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+            if self._restored_rng is not None:
+                set_rng_state(self._restored_rng)
+                self._restored_rng = None
+            for batch in self.train_loader:
+                # the loader's own count includes batches it dropped because every clip was bad
+                self.batch_in_epoch = getattr(self.train_loader, "position", self.batch_in_epoch + 1)
+                feats, labels = self._prepare_batch(batch)
+                sync = (micro + 1) % accum == 0
+                ctx = self.step_model.no_sync() if (rt.distributed and not sync) else _null()
+                with ctx:
+                    with rt.autocast():
+                        loss, extras = self.task.loss(self.step_model, feats, labels, self.gen)
+                    (loss / accum).backward()
+                micro += 1
+                window_clips += feats.shape[0] * rt.world_size
+                if not sync:
+                    continue
+                # one host sync per optimiser step: skip the update when the loss is not finite
+                if not bool(torch.isfinite(loss)):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.bad_streak += 1
+                    self.bad_total += 1
+                    self.progress.message(f"step {self.step}: non-finite loss, update skipped ({self.bad_streak} in a row)")
+                    if self.bad_streak >= cfg.train.max_bad_steps:
+                        raise TrainingStopped(
+                            f"the loss was not finite for {self.bad_streak} steps in a row (step {self.step}); the last "
+                            f"good checkpoint is {self.run_dir / 'last'}. Lower optim.lr or check the data, then resume."
+                        )
+                    continue
+                self.bad_streak = 0
+                lr = self.schedule.apply(self.step)
+                grad_norm = None
+                if cfg.optim.grad_clip > 0:
+                    grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.ema:
+                    self.ema.update(self.model, step=self.step)
+                self.step += 1
+
+                scalars = {"loss": loss.detach(), **{k: v.detach() for k, v in extras.items()}}
+                if grad_norm is not None:
+                    scalars["grad_norm"] = grad_norm.detach()
+                for k, v in scalars.items():
+                    sums[k] = sums.get(k, 0) + v.float()
+                count += 1
+                if cfg.task == "pretrain" and cfg.optim.schedule == "plateau":
+                    plateau_sum = plateau_sum + extras["accuracy"].detach().float()
+                    plateau_n += 1
+                    if self.step % cfg.optim.plateau_every == 0:
+                        self.schedule.report_metric(float(plateau_sum) / plateau_n)
+                        plateau_sum, plateau_n = torch.zeros((), device=rt.device), 0
+
+                if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
+                    now = time.time()
+                    values = {k: float(v) / count for k, v in sums.items()}
+                    self.elapsed += now - window_start
+                    values.update(lr=lr, samples_per_s=window_clips / max(now - window_start, 1e-9),
+                                  memory_mb=peak_memory_mb(rt.device), epoch=self.epoch)
+                    self.board.scalars("train", values, self.step)
+                    self.progress.update(self.step, {k: values[k] for k in values if k != "memory_mb"})
+                    sums, count, window_clips, window_start = {}, 0, 0, now
+                if cfg.task == "pretrain":
+                    if cfg.train.image_every and self.step % cfg.train.image_every == 0:
+                        self._log_reconstruction()
+                    if cfg.train.eval_every and self.valid_loader and self.step % cfg.train.eval_every == 0:
+                        self._eval_and_record("valid", self.valid_loader)
+                if self.step % cfg.train.ckpt_every == 0 and self.step < self.total_steps:
+                    self.save()
+                if self._stop_signal is not None:
+                    self.save()
+                    raise TrainingStopped(
+                        f"stopped by signal {signal.Signals(self._stop_signal).name} at step {self.step}; "
+                        f"resume with --resume {self.run_dir}"
+                    )
+                if self.step >= self.total_steps:
+                    break
+            else:
+                # the epoch ran out
+                self._end_epoch()
+                continue
+            if self.batches_per_epoch and self.batch_in_epoch >= self.batches_per_epoch:
+                self._end_epoch()
+            break
+        return self._finish()
+
+    def _end_epoch(self) -> None:
+        cfg = self.cfg
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        if cfg.task != "finetune":
+            return
+        epoch = self.epoch  # 1-based count of finished epochs, as the authors number them
+        if cfg.train.wa_start and cfg.train.wa_start <= epoch <= cfg.train.wa_end:
+            state = {k: v.detach().float().cpu().clone() for k, v in self.model.state_dict().items()}
+            if self.wa_state is None:
+                self.wa_state, self.wa_count = state, 1
+            else:
+                self.wa_count += 1
+                for k in self.wa_state:
+                    self.wa_state[k] += (state[k] - self.wa_state[k]) / self.wa_count
+        if self.valid_loader is not None:
+            metrics = self._eval_and_record("valid", self.valid_loader)
+            value = metrics.get(self.task.monitor, -math.inf)
+            if value > self.best:
+                self.best = value
+                self.save_model("best", self.ema.module if self.ema else None)
+        self.save()
+
+    def _eval_and_record(self, split: str, loader) -> dict:
+        metrics = {}
+        if self.rt.is_main:
+            metrics = self.evaluate(loader)
+            scalar = {k: v for k, v in metrics.items() if isinstance(v, float)}
+            self.board.scalars(split, scalar, self.step)
+            self.history.append({"step": self.step, "epoch": self.epoch, "split": split, **scalar})
+            self.progress.message(f"{split} @ step {self.step} (epoch {self.epoch}): "
+                                  + " ".join(f"{k} {v:.4f}" for k, v in scalar.items()))
+        if self.rt.distributed:
+            torch.distributed.barrier()
+        return metrics
+
+    def _finish(self) -> dict:
+        cfg, rt = self.cfg, self.rt
+        final_model = self.ema.module if self.ema else self.model
+        if self.wa_state is not None:
+            final_model = copy.deepcopy(self.model)
+            final_model.load_state_dict({k: v.to(self.model.state_dict()[k].dtype) for k, v in self.wa_state.items()})
+            self.progress.message(f"weight averaging over {self.wa_count} epochs ({cfg.train.wa_start}-{cfg.train.wa_end})")
+        self.save()
+        final_dir = self.save_model("final", final_model)
+        result = {"task": cfg.task, "steps": self.step, "epochs": self.epoch, "time_s": self.elapsed,
+                  "params": self.num_params, "precision": rt.precision, "device": str(rt.device),
+                  "skipped_steps": self.bad_total}
+        if rt.is_main:
+            eval_loader = self.test_loader or self.valid_loader
+            if eval_loader is not None:
+                metrics = self.evaluate(eval_loader, final_model)
+                per_class = metrics.pop("per_class_ap", None)
+                result["final"] = metrics
+                result["final_split"] = "test" if self.test_loader else "valid"
+                if per_class is not None and self.labels is not None:
+                    _write_per_class(self.run_dir / "per_class_ap.csv", self.labels, per_class)
+                self.progress.message("final " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            result["history"] = self.history
+            if hasattr(self.train_loader, "skip_summary"):
+                summary = self.train_loader.skip_summary()
+                result["skipped_clips"] = summary
+                if summary:
+                    self.progress.message(summary)
+            ck.atomic_write_text(self.run_dir / "metrics.json", json.dumps(result, indent=2))
+            hp = {"task": cfg.task, "size": cfg.model.size, "fshape": cfg.model.fshape, "tshape": cfg.model.tshape,
+                  "pretrain_encoder": cfg.model.pretrain_encoder, "lr": cfg.optim.lr, "batch": cfg.data.batch_size,
+                  "precision": rt.precision}
+            final_scalars = {k: v for k, v in result.get("final", {}).items() if isinstance(v, float)}
+            self.board.hparams(hp, final_scalars or {"steps": float(self.step)})
+            self.progress.message(f"run directory: {self.run_dir} (final model: {final_dir}; TensorBoard: {self.run_dir / 'tb'})")
+        return result
+
+
+def _write_per_class(path: Path, labels, ap: list[float]) -> None:
+    lines = ["index,mid,display_name,ap"]
+    for i, (mid, name, v) in enumerate(zip(labels.ids, labels.names, ap)):
+        lines.append(f"{i},{mid},\"{name}\",{'' if v != v else f'{v:.6f}'}")
+    ck.atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def train(cfg: Config, *, resume: str | None = None, stream=None) -> dict:
+    """Run one pretraining or fine-tuning job described by ``cfg``; returns the final metrics."""
+    trainer = Trainer(cfg, resume=resume, stream=stream)
+    return trainer.fit()
