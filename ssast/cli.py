@@ -70,8 +70,15 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from ssast.inference import evaluate_checkpoint
 
-    cfg = _load(args)
-    metrics = evaluate_checkpoint(args.checkpoint, cfg)
+    from ssast.config import load_config
+
+    checkpoints = [a for a in args.args if "=" not in a]
+    if not checkpoints:
+        from ssast.config import ConfigError
+
+        raise ConfigError("evaluate: name at least one checkpoint folder")
+    cfg = load_config(args.config, [a for a in args.args if "=" in a])
+    metrics = evaluate_checkpoint(checkpoints, cfg)
     metrics.pop("per_class_ap", None)
     text = json.dumps(metrics, indent=2)
     if args.out:
@@ -161,9 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true", help="print the resolved config and model summary, then exit")
         p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics of a fine-tuned checkpoint on a labelled list", epilog=EPILOG_OVERRIDES)
-    p.add_argument("checkpoint")
-    _add_config_args(p)
+    p = sub.add_parser("evaluate", help="metrics of fine-tuned checkpoint(s) on a labelled list; several = an ensemble",
+                       epilog=EPILOG_OVERRIDES)
+    p.add_argument("--config", "-c", help="YAML config (only what differs from the defaults)")
+    p.add_argument("args", nargs="+", metavar="CHECKPOINT_OR_KEY=VALUE",
+                   help="checkpoint folder(s) (several are ensembled: mean probabilities) and dotted overrides")
     p.add_argument("--out", help="write the metrics JSON here too")
     p.set_defaults(func=cmd_evaluate)
 

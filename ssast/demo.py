@@ -120,7 +120,9 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
 
     out = Path(out)
     corpus = make_corpus(out / "data", pool=120 if quick else 720)
-    scale = {"pre": 30 if quick else 600, "ft": 2 if quick else 30}
+    # --quick shortens the runs (smoke tests); otherwise the lengths in configs/demo/*.yaml apply
+    pre_len = ["train.steps=30"] if quick else []
+    ft_len = ["train.epochs=2"] if quick else []
     data = [f"data.label_csv={corpus.labels}"]
     pre_runs = {
         "patch": ["model.fshape=16", "model.tshape=16"],
@@ -130,10 +132,10 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
     rows = []
     started = time.time()
     for name, shape in pre_runs.items():
-        cfg = _config("pretrain", shape + [f"data.train=[{corpus.pool}]", f"train.steps={scale['pre']}",
+        cfg = _config("pretrain", shape + [f"data.train=[{corpus.pool}]", *pre_len,
                                            f"train.run_dir={out / ('pretrain-' + name)}"])
         t0 = time.time()
-        res = train(cfg)
+        train(cfg)
         rows.append({"model": name, "pretrain_s": round(time.time() - t0, 1),
                      "masked_acc": _last(out / f"pretrain-{name}", "train/accuracy")})
     for row, (name, shape) in zip(rows, pre_runs.items()):
@@ -141,12 +143,12 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
         ft_shape = shape[:2] + (["model.tstride=1", "model.fstride=128"] if name == "frame" else [])
         cfg = _config("finetune", ft_shape + data + [
             f"data.train=[{corpus.train}]", f"data.test=[{corpus.test}]", f"model.init={init}",
-            f"train.epochs={scale['ft']}", f"train.run_dir={out / ('finetune-' + name)}"])
+            *ft_len, f"train.run_dir={out / ('finetune-' + name)}"])
         res = train(cfg)
         row["downstream_acc"] = round(res["final"]["accuracy"], 4)
     cfg = _config("finetune", ["model.fshape=16", "model.tshape=16"] + data + [
         f"data.train=[{corpus.train}]", f"data.test=[{corpus.test}]", "model.init=scratch",
-        f"train.epochs={scale['ft']}", f"train.run_dir={out / 'finetune-scratch'}"])
+        *ft_len, f"train.run_dir={out / 'finetune-scratch'}"])
     res = train(cfg)
     rows.append({"model": "scratch (patch)", "pretrain_s": 0.0, "masked_acc": "-",
                  "downstream_acc": round(res["final"]["accuracy"], 4)})

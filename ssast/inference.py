@@ -97,33 +97,44 @@ def embed_files(ckpt: str, files: list[str], out_dir: str, tokens: bool = False,
     return written
 
 
-def evaluate_checkpoint(ckpt: str, cfg: Config) -> dict:
-    """Metrics of a classifier checkpoint on cfg.data.test (or valid) with the checkpoint's own feature settings."""
+def evaluate_checkpoint(ckpt: str | list[str], cfg: Config) -> dict:
+    """Metrics of a classifier checkpoint on cfg.data.test (or valid), with the checkpoint's own feature settings.
+
+    Several checkpoints (e.g. the epochs of one run, as the authors ensemble them) are evaluated as an ensemble:
+    their per-clip probabilities are averaged. Each single model's metrics are reported too.
+    """
+    from ssast.audio.features import FeatureExtractor
     from ssast.data.loader import build_loader
+    from ssast.metrics import classification_metrics
     from ssast.train.engine import FinetuneTask, load_label_set
     from ssast.train.runtime import setup_runtime
 
+    ckpts = [ckpt] if isinstance(ckpt, (str, Path)) else list(ckpt)
     rt = setup_runtime(cfg.train.device, cfg.train.precision)
-    model, meta = load_for_inference(ckpt, rt.device, need_head=True)
-    cfg = replace(cfg, audio=audio_config_of(meta), task="finetune")
-    labels = load_label_set(cfg)
-    if meta.get("label_ids") and list(labels.ids) != list(meta["label_ids"]):
-        raise ConfigError(f"data.label_csv: its labels differ from those {ckpt} was trained on")
     split = "test" if cfg.data.test else "valid"
     if not getattr(cfg.data, split):
         raise ConfigError("data.test (or data.valid): give the labelled list to evaluate on")
-    loader = build_loader(cfg, split, labels=labels)
-    from ssast.audio.features import FeatureExtractor
+    all_scores, singles, targets = [], [], None
+    for path in ckpts:
+        model, meta = load_for_inference(str(path), rt.device, need_head=True)
+        run_cfg = replace(cfg, audio=audio_config_of(meta), task="finetune")
+        labels = load_label_set(run_cfg)
+        if meta.get("label_ids") and list(labels.ids) != list(meta["label_ids"]):
+            raise ConfigError(f"data.label_csv: its labels differ from those {path} was trained on")
+        features = FeatureExtractor(run_cfg.audio, AugmentConfig()).to(rt.device)
 
-    features = FeatureExtractor(cfg.audio, AugmentConfig()).to(rt.device)
+        def feature_fn(batch, train, features=features):
+            return features(batch["wave"].to(rt.device), batch["num_frames"].to(rt.device), train=False)
 
-    def feature_fn(batch, train):
-        return features(batch["wave"].to(rt.device), batch["num_frames"].to(rt.device), train=False)
-
-    task = FinetuneTask(cfg, rt, labels)
-    scores, targets, keys = task.predict(model, loader, rt, feature_fn)
-    from ssast.metrics import classification_metrics
-
-    metrics = classification_metrics(scores, targets, cfg.data.multilabel)
+        task = FinetuneTask(run_cfg, rt, labels)
+        scores, targets, keys = task.predict(model, build_loader(run_cfg, split, labels=labels), rt, feature_fn)
+        all_scores.append(scores)
+        single = classification_metrics(scores, targets, cfg.data.multilabel)
+        single.pop("per_class_ap", None)
+        singles.append({"checkpoint": str(path), **single})
+    metrics = classification_metrics(np.mean(all_scores, axis=0), targets, cfg.data.multilabel)
     metrics["num_clips"] = len(keys)
+    if len(ckpts) > 1:
+        metrics["ensemble_of"] = len(ckpts)
+        metrics["single"] = singles
     return metrics

@@ -46,6 +46,14 @@ def test_full_chain(corpus, tmp_path, capsys):
     assert code == 0, err
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["num_clips"] == 6 and 0 <= metrics["accuracy"] <= 1
+    assert metrics["accuracy"] == pytest.approx(json.loads((ft / "metrics.json").read_text())["final"]["accuracy"])
+
+    # several checkpoints are evaluated as an ensemble (mean probabilities), with each model's own metrics beside
+    code, out, err = run(capsys, "evaluate", ft / "final", ft / "last", *TINY, f"data.test=[{corpus.test}]",
+                         f"data.label_csv={corpus.labels}")
+    assert code == 0, err
+    ens = json.loads(out)
+    assert ens["ensemble_of"] == 2 and len(ens["single"]) == 2
 
     wavs = sorted(str(p) for p in (corpus.root / "audio").glob("test_*.wav"))[:3]
     code, out, err = run(capsys, "predict", ft / "final", *wavs, "--top-k", "2", "--json")
@@ -132,3 +140,13 @@ def test_missing_data_file_is_reported_before_training(tmp_path, capsys):
     code, _, err = run(capsys, "pretrain", *TINY, f"data.train=[{lst}]", "train.steps=2",
                        f"train.run_dir={tmp_path / 'r'}")
     assert code == 2 and "nope1.wav" in err and "2" in err
+
+
+def test_demo_quick_runs_every_model(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "--out", tmp_path / "demo", "--quick")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
+    assert [r["model"] for r in rows] == ["patch", "frame", "patch-visible", "scratch (patch)"]
+    for r in rows:
+        assert 0.0 <= r["downstream_acc"] <= 1.0
+    assert "| patch-visible |" in out and "tensorboard --logdir" in out

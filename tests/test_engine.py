@@ -201,3 +201,22 @@ def test_compare_writes_table_and_png(corpus, tmp_path):
     table, png = compare_runs(runs, str(tmp_path / "cmp"))
     assert "16x16" in table and "128x2" in table and "masked_acc" in table
     assert png.is_file() and png.stat().st_size > 1000
+
+
+def test_bf16_on_cpu_trains_with_finite_falling_loss(corpus, tmp_path):
+    from ssast.train.runtime import cpu_supports_bf16
+
+    if not cpu_supports_bf16():
+        cfg = pretrain_cfg(corpus, tmp_path / "nobf16", "train.precision=bf16", "train.steps=1")
+        res = train(cfg)
+        assert res["precision"] == "fp32"  # a clear message and fp32 on CPUs without bf16
+        return
+    run = tmp_path / "bf16"
+    res = train(pretrain_cfg(corpus, run, "train.precision=bf16", "train.steps=40", "optim.lr=2e-3",
+                             "train.ckpt_every=100", "train.image_every=0"))
+    assert res["precision"] == "bf16"
+    losses = [v for _, v in scalars(run)["train/loss"]]
+    assert all(v == v and abs(v) != float("inf") for v in losses)
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    # master weights stay fp32
+    assert all(t.dtype == torch.float32 for t in load_state(run / "final").values() if t.is_floating_point())

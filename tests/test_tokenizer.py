@@ -149,3 +149,13 @@ def test_grad_checkpointing_same_result():
     ya.square().sum().backward()
     yb.square().sum().backward()
     assert torch.allclose(a.blocks[0].attn.qkv.weight.grad, b.blocks[0].attn.qkv.weight.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 16, 16), (16, 16, 10, 10), (128, 2, 128, 2), (128, 2, 128, 1)])
+def test_patch_embed_equals_the_convolution(shape):
+    """The matrix-product projection computes what a conv with kernel = patch and stride = stride computes."""
+    torch.manual_seed(0)
+    pe = PatchEmbed(*shape, dim=24)
+    x = torch.randn(2, 100, 128)
+    ref = pe.proj(x.transpose(1, 2).unsqueeze(1)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(pe(x), ref, rtol=1e-5, atol=1e-5)

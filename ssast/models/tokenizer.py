@@ -6,6 +6,7 @@ flattened (freq, time) inside the patch, like an unfold of that image.
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -41,10 +42,20 @@ class PatchEmbed(nn.Module):
         return grid_shape(input_fdim, input_tdim, self.fshape, self.tshape, self.fstride, self.tstride)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, T, F) filter bank -> (B, N, D) tokens in frequency-major order."""
+        """(B, T, F) filter bank -> (B, N, D) tokens in frequency-major order.
+
+        Computed as patches @ kernel (the same numbers as the conv, same weights) because oneDNN's bf16 convolution
+        with tall kernels is pathological on CPU: a 128x2 frame projection took 4.5 s forward+backward at Base size
+        against 4 ms as a matrix product (benchmarks/README.md).
+        """
         self.grid_for(x.shape[2], x.shape[1])  # clear error for inputs smaller than a patch
-        x = self.proj(x.transpose(1, 2).unsqueeze(1))  # (B, D, f_rows, t_cols)
-        return x.flatten(2).transpose(1, 2)
+        weight = self.proj.weight.flatten(1)  # (D, fshape * tshape), (freq, time) order inside the patch
+        if (self.fstride, self.tstride) == (self.fshape, self.tshape):
+            patches = patchify(x, self.fshape, self.tshape)  # a view-and-permute, no copy of overlapping windows
+        else:
+            cols = F.unfold(x.transpose(1, 2).unsqueeze(1), (self.fshape, self.tshape), stride=(self.fstride, self.tstride))
+            patches = cols.transpose(1, 2)  # (B, N, fshape * tshape), positions in frequency-major order
+        return F.linear(patches, weight, self.proj.bias)
 
 
 def patchify(x: Tensor, fshape: int, tshape: int) -> Tensor:

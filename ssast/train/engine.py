@@ -152,7 +152,7 @@ class Trainer:
         from ssast.data.loader import build_loader
 
         self.cfg = cfg
-        self.rt = setup_runtime(cfg.train.device, cfg.train.precision)
+        self.rt = setup_runtime(cfg.train.device, cfg.train.precision, cfg.model.resolved().dim)
         rt = self.rt
         seed_everything(cfg.train.seed + rt.rank)
         self.run_dir = Path(cfg.train.run_dir)
