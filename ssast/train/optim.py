@@ -24,7 +24,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
         from timm.models import group_parameters
 
         layer_of = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
-        num_layers = max(layer_of.values()) + 2  # + the head, which no matcher names
+        num_layers = max(layer_of.values()) + 1  # timm puts what no rule matches (the head) in the last layer
     groups: dict[tuple[float, float], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

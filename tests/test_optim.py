@@ -1,0 +1,68 @@
+"""Parameter groups (layer-wise lr decay, head multiplier, no decay for norms/biases) and lr schedules."""
+import math
+
+import pytest
+import torch
+
+from ssast.config import ModelConfig, OptimConfig
+from ssast.models.classifier import SSASTClassifier
+from ssast.train.optim import LRSchedule, build_optimizer, param_groups
+
+
+def tiny_classifier():
+    cfg = ModelConfig(size="custom", dim=32, depth=3, heads=2, input_tdim=64)
+    return SSASTClassifier(cfg, 5)
+
+
+def scale_of(model, groups, name):
+    p = dict(model.named_parameters())[name]
+    return next(g for g in groups if any(q is p for q in g["params"]))
+
+
+def test_layer_decay_and_head_multiplier():
+    model = tiny_classifier()
+    groups = param_groups(model, OptimConfig(layer_decay=0.5, head_lr_mult=10.0, weight_decay=0.01))
+    head = scale_of(model, groups, "head.1.weight")
+    last = scale_of(model, groups, "encoder.blocks.2.attn.qkv.weight")
+    first = scale_of(model, groups, "encoder.blocks.0.attn.qkv.weight")
+    stem = scale_of(model, groups, "encoder.patch_embed.proj.weight")
+    assert head["lr_scale"] == pytest.approx(10.0)
+    assert last["lr_scale"] == pytest.approx(0.5) and first["lr_scale"] == pytest.approx(0.125)
+    assert stem["lr_scale"] == pytest.approx(0.0625)
+    # no weight decay for biases, norms and the positional embedding / prefix tokens
+    assert scale_of(model, groups, "encoder.blocks.0.norm1.weight")["weight_decay"] == 0.0
+    assert scale_of(model, groups, "encoder.pos_embed")["weight_decay"] == 0.0
+    assert first["weight_decay"] == 0.01
+    # every trainable parameter is in exactly one group
+    n = sum(len(g["params"]) for g in groups)
+    assert n == len(list(model.parameters()))
+
+
+def test_schedule_sets_group_lrs():
+    model = tiny_classifier()
+    cfg = OptimConfig(lr=1e-3, warmup_steps=4, schedule="cosine", head_lr_mult=2.0)
+    opt = build_optimizer(model, cfg, torch.device("cpu"))
+    sched = LRSchedule(opt, cfg, total_steps=100, steps_per_epoch=10)
+    assert sched.apply(0) == pytest.approx(1e-3 / 4)  # warm-up
+    assert sched.apply(50) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    lrs = sorted({g["lr"] for g in opt.param_groups})
+    assert lrs[-1] == pytest.approx(2 * lrs[0])  # the head's group
+
+
+def test_step_and_plateau_schedules():
+    model = tiny_classifier()
+    step = OptimConfig(lr=1.0, warmup_steps=0, schedule="step", step_start=2, step_every=2, step_factor=0.5)
+    s = LRSchedule(build_optimizer(model, step, torch.device("cpu")), step, total_steps=100, steps_per_epoch=10)
+    # epochs 0,1 full lr; 2,3 halved; 4,5 quartered (the authors' MultiStepLR milestones)
+    assert [s.factor(e * 10) for e in range(6)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    plat = OptimConfig(lr=1.0, warmup_steps=0, schedule="plateau", plateau_factor=0.5)
+    p = LRSchedule(build_optimizer(model, plat, torch.device("cpu")), plat, total_steps=100, steps_per_epoch=1)
+    p.report_metric(0.3)
+    p.report_metric(0.4)
+    assert p.factor(10) == 1.0
+    p.report_metric(0.35)  # no improvement: halve
+    assert p.factor(10) == 0.5
+    state = p.state_dict()
+    q = LRSchedule(build_optimizer(model, plat, torch.device("cpu")), plat, total_steps=100, steps_per_epoch=1)
+    q.load_state_dict(state)
+    assert q.factor(11) == 0.5
