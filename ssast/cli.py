@@ -11,7 +11,7 @@ from ssast import __version__
 EPILOG_OVERRIDES = "Dotted overrides after the options set any config key, e.g. optim.lr=2e-4 data.batch_size=12."
 
 
-def _load(args) -> "Config":  # noqa: F821
+def _load(args):
     from ssast.config import load_config
 
     return load_config(args.config, args.overrides)

@@ -422,3 +422,13 @@ def test_num_workers_sized_from_the_machine(monkeypatch):
     assert resolve_num_workers(-1) == 8 and resolve_num_workers(-1, world_size=4) == 3
     monkeypatch.setattr("os.sched_getaffinity", lambda _: {0}, raising=False)
     assert resolve_num_workers(-1) == 0
+
+
+def test_sources_mix_in_proportion_to_their_size_by_default():
+    """Without data.train_weights, streams mix like a concatenation: by clip count (unknown counts get the mean)."""
+    from types import SimpleNamespace
+
+    from ssast.data.loader import _stream_sizes
+
+    assert _stream_sizes([SimpleNamespace(num_clips=1950), SimpleNamespace(num_clips=281)]) == [1950.0, 281.0]
+    assert _stream_sizes([SimpleNamespace(num_clips=100), SimpleNamespace(num_clips=None)]) == [100.0, 100.0]

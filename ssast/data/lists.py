@@ -87,6 +87,29 @@ def write_label_csv(path: str | Path, ids: Sequence[str], names: Sequence[str] |
     return len(ids)
 
 
+def write_splits(out: str | Path, splits: Mapping[str, Sequence[Clip]], label_ids: Sequence[str],
+                 label_names: Sequence[str] | None, probe: "ProbeResult") -> dict[str, float]:
+    """Write ``labels.csv`` and one ``{split}.json`` per split under ``out``; returns seconds of audio per split."""
+    out = Path(out)
+    write_label_csv(out / "labels.csv", label_ids, label_names)
+    for name, clips in splits.items():
+        write_json_list(out / f"{name}.json", clips)
+    return {name: probe.seconds(c.path for c in clips) for name, clips in splits.items()}
+
+
+def pack_shards(list_file: str | Path, shard_dir: str | Path, *, shard_size: int, workers: int,
+                max_seconds: float | None = None, label_csv: str | None = None, progress: bool = True) -> dict:
+    """Pack a written list into WebDataset shards (``ssast prepare``) and print what was written."""
+    from ssast.data.shards import prepare_shards
+
+    idx = prepare_shards(str(list_file), str(shard_dir), shard_size=shard_size, workers=workers,
+                         max_seconds=max_seconds, label_csv=label_csv, progress=progress)
+    print(f"shards: {len(idx['shards'])} in {shard_dir}, {idx['num_clips']} clips, "
+          f"{format_hours(idx['total_seconds'])}"
+          + (f", skipped {sum(idx['skipped'].values())} bad clips" if idx["skipped"] else ""))
+    return idx
+
+
 def write_lines(path: str | Path, lines: Iterable[str]) -> None:
     """A plain text report (e.g. missing.txt), one item per line, written only when it changes."""
     text = "".join(f"{ln}\n" for ln in lines)

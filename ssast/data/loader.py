@@ -329,6 +329,15 @@ def _map_weights(cfg: Config, datasets: Sequence[ClipDataset], train: bool) -> n
     return np.concatenate(parts)
 
 
+def _stream_sizes(datasets: Sequence) -> list[float]:
+    """Default mixing weights: proportional to each source's clip count, i.e. what concatenating them would give
+    (the paper's AudioSet + LibriSpeech). Shard sets without a known count (no index) weigh as much as the mean."""
+    sizes = [getattr(ds, "num_clips", None) if not isinstance(ds, ClipDataset) else len(ds) for ds in datasets]
+    known = [n for n in sizes if n]
+    fill = sum(known) / len(known) if known else 1.0
+    return [float(n) if n else fill for n in sizes]
+
+
 def build_loader(
     cfg: Config,
     split: str,
@@ -399,7 +408,7 @@ def build_loader(
                                                   endless=endless)
             for ds, kind in zip(datasets, kinds)
         ]
-        weights = cfg.data.train_weights if (train and cfg.data.train_weights) else [1.0] * len(streams)
+        weights = cfg.data.train_weights if (train and cfg.data.train_weights) else _stream_sizes(datasets)
         dataset = streams[0] if len(streams) == 1 else WeightedInterleave(
             streams, weights, seed=seed, rank=rank, endless=endless
         )
