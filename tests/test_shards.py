@@ -292,3 +292,19 @@ def test_max_seconds_keeps_the_start(corpus, tmp_path):
     assert index["total_seconds"] == pytest.approx(sum(lengths) / 16000)
     items = list(ShardDataset(str(tmp_path / "o"), labels=None, audio=EVAL_AUDIO, train=False))
     assert sorted(it["wave"].shape[0] for it in items) == sorted(lengths)
+
+
+def test_prepare_in_process_leaves_torch_threads_alone(tmp_path):
+    """workers=1 writes shards in the calling process; it must not leave that process on one thread."""
+    import torch
+
+    from conftest import write_corpus
+
+    lst = write_corpus(tmp_path / "c", n=2, seconds=0.3).json_list
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        prepare_shards(str(lst), str(tmp_path / "s"), shard_size=2, workers=1, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

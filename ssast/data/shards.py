@@ -131,7 +131,15 @@ def _write_members(writer: wds.TarWriter, task: dict, max_samples: int | None, s
 
 def _write_shard(task: dict) -> dict:
     """Decode, re-encode and write one shard (a pool task: module-level and picklable, so spawn works)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one process per core already; resampling must not oversubscribe
+    try:
+        return _write_shard_body(task)
+    finally:
+        torch.set_num_threads(threads)  # with workers=1 this runs in the caller's process: leave it as it was
+
+
+def _write_shard_body(task: dict) -> dict:
     tar_path = os.path.join(task["out_dir"], shard_name(task["shard"]))
     tmp = tar_path + ".tmp"
     max_samples = None if task["max_seconds"] is None else int(task["max_seconds"] * SAMPLE_RATE)

@@ -1,0 +1,145 @@
+"""The benchmark suite runs end to end at CI size and writes its JSON; figures are checked for sense, never for speed."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "benchmarks" / "run.py"
+
+
+def _load_run():
+    spec = importlib.util.spec_from_file_location("bench_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_run()
+
+QUICK_ROWS = ["pretrain-authors", "pretrain-onepass", "pretrain-visible", "finetune-step", "inference", "fbank", "loop"]
+
+
+@pytest.fixture(scope="module")
+def quick_records(tmp_path_factory) -> list[dict]:
+    """One --quick run of every row (patch tokens, fp32) in a subprocess, as a user would start it."""
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(RUN), *QUICK_ROWS, "--quick", "--device", "cpu", "--tokens", "patch",
+         "--precision", "fp32", "--loop-steps", "24", "--out", str(out)],
+        capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert "| row |" in proc.stdout  # the markdown table is printed
+    return json.loads(out.read_text())
+
+
+def test_quick_run_writes_every_row(quick_records):
+    by_name = {r["name"]: r for r in quick_records}
+    assert set(by_name) == set(QUICK_ROWS)
+    assert len(quick_records) == len(QUICK_ROWS)  # one tokenization, one precision: one record per row
+    for r in quick_records:
+        assert "error" not in r, r
+        assert r["clips_per_s"] > 0 and r["median_ms"] > 0 and 0 < r["min_ms"] <= r["median_ms"]
+        assert r["peak_mb"] > 0
+        for key in ("device_name", "torch", "date", "size", "batch", "tdim", "precision", "compile", "tokens"):
+            assert key in r
+        assert r["size"] == "tiny" and r["tdim"] == 128 and r["device"] == "cpu"
+        assert r["torch"] and r["device_name"]
+        for key in ("ratio_to_authors", "ratio_to_bare", "ratio_to_published"):
+            assert key in r
+        assert r["ratio_to_published"] is None  # only for Base, batch 24 on a GPU
+    assert by_name["pretrain-onepass"]["batch"] == 2
+    assert by_name["fbank"]["batch"] == 2 and by_name["fbank"]["frames"] == 998  # 10 s clips
+
+
+def test_quick_run_ratios_and_shapes(quick_records):
+    by_name = {r["name"]: r for r in quick_records}
+    authors = by_name["pretrain-authors"]
+    assert authors["ratio_to_authors"] == pytest.approx(1.0)
+    assert authors["label"] == "(a)" and authors["precision"] == "fp32"
+    for name in ("pretrain-onepass", "pretrain-visible"):
+        r = by_name[name]
+        assert r["ratio_to_authors"] == pytest.approx(r["clips_per_s"] / authors["clips_per_s"])
+    assert by_name["pretrain-onepass"]["label"] == "(b)"
+    assert by_name["finetune-step"]["ratio_to_authors"] is None
+    # 128 frames: 8 x 8 patches, 400/512 of them masked; the visible encoder sees only the rest
+    assert authors["num_tokens"] == 64 and authors["num_masked"] == 50
+    assert by_name["pretrain-visible"]["encoder_tokens"] == 14
+    assert by_name["finetune-step"]["num_tokens"] == 12 * 12  # 16x16 stride 10 over 128 x 128
+    loop = by_name["loop"]
+    assert loop["bare_clips_per_s"] > 0
+    assert loop["ratio_to_bare"] == pytest.approx(loop["clips_per_s"] / loop["bare_clips_per_s"])
+    assert loop["loop_steps_timed"] == 24 - 3
+
+
+def test_plan_defaults_and_quick():
+    args = bench.build_parser().parse_args(["--quick", "--device", "cpu", "--precision", "fp32", "bf16"])
+    specs = bench.plan(args)
+    keys = [(s.row, s.tokens, s.precision) for s in specs]
+    # the authors' row is fp32 only, for both tokenizations; the fbank row runs once
+    assert [k for k in keys if k[0] == "pretrain-authors"] == [
+        ("pretrain-authors", "patch", "fp32"), ("pretrain-authors", "frame", "fp32")]
+    assert [k for k in keys if k[0] == "fbank"] == [("fbank", "patch", "fp32")]
+    assert ("pretrain-onepass", "frame", "bf16") in keys and ("pretrain-visible", "patch", "bf16") in keys
+    assert {k[1] for k in keys if k[0] in ("finetune-step", "inference")} == {"patch"}
+    assert [s.row for s in specs] == sorted((s.row for s in specs), key=bench.ROWS.index)  # table order
+    s = specs[0]
+    assert (s.size, s.tdim, s.batch, s.repeats, s.warmup) == ("tiny", 128, 2, 2, 1)
+    full = bench.plan(bench.build_parser().parse_args(["pretrain-onepass", "--device", "cpu", "--batch", "3"]))
+    assert (full[0].size, full[0].tdim, full[0].batch, full[0].repeats, full[0].warmup) == ("base", 1024, 3, 5, 2)
+
+
+def test_model_config_scales_the_mask_and_picks_the_path():
+    spec = bench.Spec(row="pretrain-visible", tokens="frame", size="tiny", tdim=1024)
+    cfg = bench.model_config(spec)
+    assert (cfg.fshape, cfg.tshape) == (128, 2) and cfg.mask_patch == 400 and cfg.pretrain_encoder == "visible"
+    authors = bench.model_config(bench.Spec(row="pretrain-authors", size="tiny", tdim=512))
+    assert authors.two_pass and authors.mask_patch == 200 and authors.pretrain_encoder == "all"
+    ft = bench.model_config(bench.Spec(row="finetune-step", size="tiny", tdim=1024), finetune=True)
+    assert (ft.fstride, ft.tstride) == (10, 10)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["no-such-row", "--device", "cpu"], "unknown row"),
+    (["--size", "custom", "--dim", "64", "--device", "cpu"], "--size custom needs"),
+    (["--dim", "100", "--heads", "3", "--device", "cpu"], "not divisible"),
+])
+def test_bad_requests_name_the_problem(argv, message, capsys):
+    assert bench.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_ratios_and_table_from_records():
+    common = dict(size="base", dim=768, depth=12, batch=24, tdim=1024, device="cuda", compile=False,
+                  median_ms=1.0, min_ms=1.0, peak_mb=1.0, precision="bf16")
+    records = [
+        {"name": "pretrain-authors", "tokens": "patch", "clips_per_s": 50.0, **common, "precision": "fp32"},
+        {"name": "pretrain-onepass", "tokens": "patch", "clips_per_s": 500.0, **common},
+        {"name": "pretrain-onepass", "tokens": "frame", "clips_per_s": 580.0, **common},
+        {"name": "inference", "tokens": "patch", "clips_per_s": 1410.0, **common},
+        {"name": "finetune-step", "tokens": "patch", "clips_per_s": None, **common, "error": "boom"},
+    ]
+    bench.add_ratios(records)
+    assert records[1]["ratio_to_authors"] == pytest.approx(10.0)
+    assert records[2].get("ratio_to_authors") is None  # no frame (a) row in this run
+    assert records[2]["ratio_to_published"] == pytest.approx(10.0)  # 58 clips/s on the authors' H100
+    assert records[3]["ratio_to_published"] == pytest.approx(10.0)  # 141 clips/s
+    table = bench.markdown_table(records)
+    assert table.count("\n") == len(records) + 1
+    assert "10.00x (a)" in table and "failed: boom" in table
+
+
+def test_profile_prints_the_top_ops():
+    spec = bench.Spec(row="inference", size="custom", dim=64, depth=2, heads=2, batch=1, tdim=64, repeats=1,
+                      warmup=1, threads=1)
+    table = bench.profile(spec, top=5)
+    assert "Self CPU" in table and "aten::" in table
