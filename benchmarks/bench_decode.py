@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=str, default="", help="write the results as JSON here")
     args = ap.parse_args(argv)
 
-    from ssast.audio.fbank import kaldi_fbank  # helper B's batched Kaldi fbank
+    from ssast.audio.fbank import kaldi_fbank
 
     torch.set_num_threads(1)  # per-core numbers
     max_samples = clip_samples(args.target_length)

@@ -1,7 +1,7 @@
 """Import of the authors' checkpoint layout: our converted models compute what their models compute.
 
-The reference below re-implements the authors' forward passes from the documented facts (SSAST_FACTS.md and the
-brief), with their tensor names, in plain PyTorch, independent of timm and of our model code.
+The reference below re-implements the authors' forward passes from the documented facts (SSAST_FACTS.md and
+issue 2), with their tensor names, in plain PyTorch, independent of timm and of our model code.
 """
 import pytest
 import torch

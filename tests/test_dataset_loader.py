@@ -382,7 +382,7 @@ def test_dataset_stats_match_torchaudio(tiny_corpus):
     assert abs(mean - ref.mean().item()) < 1e-3 and abs(std - ref.std().item()) < 1e-3
 
 
-# ---- shards as a source (helper C2's ShardDataset)
+# ---- shards as a source (ShardDataset)
 
 
 def test_shards_and_list_mixed_for_pretraining(tmp_path):

@@ -177,7 +177,7 @@ def _write_shard_body(task: dict) -> dict:
 def _remove_tmp_files(out_dir: str) -> None:
     """Delete temporary shard/sidecar files; they are never a finished shard."""
     for name in os.listdir(out_dir):
-        if name.startswith("shard-") and name.endswith(".tmp"):
+        if name.lstrip(".").startswith("shard-") and name.endswith(".tmp"):  # ".shard-*.tmp": ssast.atomic's
             os.remove(os.path.join(out_dir, name))
 
 

@@ -5,7 +5,6 @@ from ssast.models.masking import cluster_mask, num_masked, random_mask, sample_m
 from ssast.models.objectives import info_nce, masked_mse
 from ssast.models.pretrain import PretrainOutput, SSASTPretrainModel, build_pretrain_model
 from ssast.models.tokenizer import InputShapeError, PatchEmbed, grid_shape, patchify, unpatchify
-# A1 exports above, A2 exports below
 # --- fine-tuning classifier, positional-embedding adaptation, checkpoints, DeiT init, authors' import ---
 from ssast.models.posembed import WeightMismatchError, adapt_pos_embed, adapt_prefix
 from ssast.models.classifier import SSASTClassifier, load_encoder_into, load_state_strict

@@ -530,7 +530,8 @@ class Trainer:
             final_model = copy.deepcopy(self.model)
             final_model.load_state_dict({k: v.to(self.model.state_dict()[k].dtype) for k, v in self.wa_state.items()})
             self.progress.message(f"weight averaging over {self.wa_count} epochs ({cfg.train.wa_start}-{cfg.train.wa_end})")
-        self.save()
+        if not (ck.step_dir(self.run_dir, self.step) / ck.TRAINER_STATE).is_file():  # the epoch end may have saved it
+            self.save()
         final_dir = self.save_model("final", final_model)
         result = {"task": cfg.task, "steps": self.step, "epochs": self.epoch, "time_s": self.elapsed,
                   "params": self.num_params, "precision": rt.precision, "device": str(rt.device),
