@@ -95,11 +95,33 @@ def test_non_finite_loss_stops_with_message(corpus, tmp_path, monkeypatch):
         return out.loss * float("nan"), {"nce": out.nce, "mse": out.mse, "accuracy": out.accuracy}
 
     monkeypatch.setattr(engine.PretrainTask, "loss", nan_loss)
-    before = None
-    with pytest.raises(TrainingStopped, match="not finite for 3 steps"):
+    with pytest.raises(TrainingStopped, match="not finite for 3 steps in a row"):
         train(pretrain_cfg(corpus, tmp_path / "nan", "train.max_bad_steps=3"))
-    assert not (tmp_path / "nan" / "last").exists()  # no broken checkpoint was written
-    assert before is None
+    # the checkpoint written at step 2 holds the initial weights: skipped updates never reach the model
+    state = load_state(tmp_path / "nan" / "last")
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+    opt_state = torch.load(tmp_path / "nan" / "last" / "trainer.pt", weights_only=False)["optimizer"]["state"]
+    assert all(float(st["step"]) == 0 and not st["exp_avg"].any() for st in opt_state.values())
+
+
+def test_a_few_non_finite_losses_are_skipped_and_training_goes_on(corpus, tmp_path, monkeypatch):
+    from ssast.train import engine
+
+    real = engine.PretrainTask.loss
+    calls = {"n": 0}
+
+    def sometimes_nan(self, model, feats, labels, gen):
+        calls["n"] += 1
+        loss, extras = real(self, model, feats, labels, gen)
+        return (loss * float("nan") if calls["n"] in (2, 3) else loss), extras
+
+    monkeypatch.setattr(engine.PretrainTask, "loss", sometimes_nan)
+    res = train(pretrain_cfg(corpus, tmp_path / "some", "train.max_bad_steps=3"))
+    assert res["steps"] == 6 and res["skipped_steps"] == 2
+    losses = [v for _, v in scalars(tmp_path / "some")["train/loss"]]
+    assert all(v == v for v in losses)  # skipped steps do not poison the logged averages
+    state = load_state(tmp_path / "some" / "final")
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
 
 
 def _cli(args, **kw):

@@ -172,6 +172,8 @@ class Trainer:
         self.model = model.to(rt.device)
         self.num_params = count_parameters(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim, rt.device)
+        # fused Adam skips an update on the device when told `found_inf`; other implementations need a host check
+        self.skip_on_device = bool(self.optimizer.defaults.get("fused"))
         self.step_model = self.model
         if rt.distributed:
             # a pretraining head switched off (weight 0) gets no gradient: DDP must then look for unused parameters
@@ -213,7 +215,6 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
-        self.bad_streak = 0
         self.bad_total = 0
         self.best = -math.inf
         self.history: list[dict] = []
@@ -390,7 +391,9 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         count = 0
         window_clips, window_start = 0, time.time()
-        plateau_sum, plateau_n = torch.zeros((), device=rt.device), 0
+        plateau_sum, plateau_n = torch.zeros((), device=rt.device), torch.zeros((), device=rt.device)
+        zero = torch.zeros((), dtype=torch.long, device=rt.device)
+        streak, window_streak, window_bad = zero.clone(), zero.clone(), zero.clone()  # non-finite losses
         self.step_model.train()
         micro = 0
         if cfg.task == "pretrain" and cfg.train.image_every and rt.is_main:
@@ -418,19 +421,13 @@ class Trainer:
                 window_clips += feats.shape[0] * rt.world_size
                 if not sync:
                     continue
-                # one host sync per optimiser step: skip the update when the loss is not finite
-                if not bool(torch.isfinite(loss)):
+                # A non-finite loss skips the update without a host sync: fused Adam reads `found_inf` on the device
+                # and leaves weights, moments and its step count alone. Streaks are checked when logging.
+                bad = ~torch.isfinite(loss.detach())
+                if self.skip_on_device:
+                    self.optimizer.found_inf = bad.float()
+                elif bool(bad):  # an optimiser without found_inf support: check on the host
                     self.optimizer.zero_grad(set_to_none=True)
-                    self.bad_streak += 1
-                    self.bad_total += 1
-                    self.progress.message(f"step {self.step}: non-finite loss, update skipped ({self.bad_streak} in a row)")
-                    if self.bad_streak >= cfg.train.max_bad_steps:
-                        raise TrainingStopped(
-                            f"the loss was not finite for {self.bad_streak} steps in a row (step {self.step}); the last "
-                            f"good checkpoint is {self.run_dir / 'last'}. Lower optim.lr or check the data, then resume."
-                        )
-                    continue
-                self.bad_streak = 0
                 lr = self.schedule.apply(self.step)
                 grad_norm = None
                 if cfg.optim.grad_clip > 0:
@@ -440,29 +437,45 @@ class Trainer:
                 if self.ema:
                     self.ema.update(self.model, step=self.step)
                 self.step += 1
+                streak = (streak + 1) * bad
+                window_streak = torch.maximum(window_streak, streak)
+                window_bad = window_bad + bad
 
                 scalars = {"loss": loss.detach(), **{k: v.detach() for k, v in extras.items()}}
                 if grad_norm is not None:
                     scalars["grad_norm"] = grad_norm.detach()
                 for k, v in scalars.items():
-                    sums[k] = sums.get(k, 0) + v.float()
-                count += 1
+                    sums[k] = sums.get(k, 0) + torch.where(bad, 0.0, v.float())
+                count = count + (~bad).float()
                 if cfg.task == "pretrain" and cfg.optim.schedule == "plateau":
-                    plateau_sum = plateau_sum + extras["accuracy"].detach().float()
-                    plateau_n += 1
+                    plateau_sum = plateau_sum + torch.where(bad, 0.0, extras["accuracy"].detach().float())
+                    plateau_n = plateau_n + (~bad).float()
                     if self.step % cfg.optim.plateau_every == 0:
-                        self.schedule.report_metric(float(plateau_sum) / plateau_n)
-                        plateau_sum, plateau_n = torch.zeros((), device=rt.device), 0
+                        self.schedule.report_metric(float(plateau_sum / plateau_n.clamp(min=1)))
+                        plateau_sum, plateau_n = torch.zeros((), device=rt.device), torch.zeros((), device=rt.device)
 
                 if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
                     now = time.time()
-                    values = {k: float(v) / count for k, v in sums.items()}
+                    n_bad, longest = int(window_bad), int(window_streak)
+                    if n_bad:
+                        self.bad_total += n_bad
+                        self.progress.message(f"step {self.step}: {n_bad} non-finite losses since the last log, "
+                                              f"updates skipped (longest run {longest})")
+                    if longest >= cfg.train.max_bad_steps:
+                        raise TrainingStopped(
+                            f"the loss was not finite for {longest} steps in a row (by step {self.step}); no update "
+                            f"was applied for them. The last checkpoint is {self.run_dir / 'last'}. Lower optim.lr "
+                            f"or check the data, then resume."
+                        )
+                    n_good = float(count)
+                    values = {k: float(v) / n_good for k, v in sums.items()} if n_good else {}
                     self.elapsed += now - window_start
                     values.update(lr=lr, samples_per_s=window_clips / max(now - window_start, 1e-9),
                                   memory_mb=peak_memory_mb(rt.device), epoch=self.epoch)
                     self.board.scalars("train", values, self.step)
                     self.progress.update(self.step, {k: values[k] for k in values if k != "memory_mb"})
                     sums, count, window_clips, window_start = {}, 0, 0, now
+                    window_bad, window_streak = zero.clone(), zero.clone()
                 if cfg.task == "pretrain":
                     if cfg.train.image_every and self.step % cfg.train.image_every == 0:
                         self._log_reconstruction()
