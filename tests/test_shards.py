@@ -308,3 +308,29 @@ def test_prepare_in_process_leaves_torch_threads_alone(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_class_balanced_shard_stream(tmp_path):
+    """Balanced sampling by weighting: a rare class is drawn as often as a common one, and an epoch keeps its size."""
+    (tmp_path / "a").mkdir()
+    entries = []
+    for i in range(10):
+        t = np.arange(3200) / 16000
+        sf.write(tmp_path / "a" / f"c{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32), 16000)
+        entries.append({"wav": f"a/c{i}.wav", "labels": "/m/cat" if i == 0 else "/m/dog"})
+    (tmp_path / "l.json").write_text(json.dumps({"data": entries}))
+    (tmp_path / "l.csv").write_text("index,mid,display_name\n0,/m/dog,dog\n1,/m/cat,cat\n")
+    labels = read_label_csv(tmp_path / "l.csv")
+    prepare_shards(str(tmp_path / "l.json"), str(tmp_path / "s"), shard_size=4, workers=1, progress=False)
+    ds = ShardDataset(str(tmp_path / "s"), labels=labels, audio=EVAL_AUDIO, train=True, shuffle_buffer=0,
+                      balanced=True)
+    cats, total, epochs = 0, 0, 60
+    for e in range(epochs):
+        ds.set_epoch(e)
+        items = list(ds)
+        total += len(items)
+        cats += sum(int(it["labels"][1]) for it in items)
+    assert abs(cats / total - 0.5) < 0.08  # 1 cat clip in 10, drawn half of the time
+    assert abs(total / epochs - 10) < 1.0
+    plain = ShardDataset(str(tmp_path / "s"), labels=labels, audio=EVAL_AUDIO, train=True, shuffle_buffer=0)
+    assert sum(int(it["labels"][1]) for it in plain) == 1

@@ -379,6 +379,7 @@ def build_loader(
                     resample=endless,
                     shuffle_buffer=cfg.data.shuffle_buffer,
                     strict=cfg.data.strict,
+                    balanced=train and cfg.data.balanced_sampling,
                 )
             )
         else:
@@ -398,10 +399,10 @@ def build_loader(
             batch_size=batch_size,
         )
     else:
-        if train and cfg.data.balanced_sampling:
+        if train and cfg.data.balanced_sampling and "shards" in kinds and any(k != "shards" for k in kinds):
             raise DataError(
-                "data.balanced_sampling works with JSON clip lists, not shards; "
-                "set data.balanced_sampling=false or train from the JSON list"
+                "data.balanced_sampling with a mix of shards and clip lists: pack every source as shards "
+                "(`ssast prepare`) or train from the lists alone"
             )
         streams = [
             ds if kind == "shards" else MapStream(ds, train=train, seed=seed, rank=rank, world_size=world_size,

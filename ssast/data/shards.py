@@ -360,6 +360,24 @@ def resolve_shards(urls: list[str] | str) -> tuple[list[str], int | None]:
     return paths, count
 
 
+def label_histogram(paths: list[str]) -> tuple[Counter, int]:
+    """(clips per label, clips) over the given shards, from their sidecars; a DataError names a shard without one."""
+    hist: Counter = Counter()
+    clips = 0
+    for p in paths:
+        side = _sidecar_path(p)
+        try:
+            meta = _read_json(side)
+            hist.update({k: int(v) for k, v in meta["labels"].items()})
+            clips += int(meta["count"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise DataError(
+                f"{p}: class-balanced sampling needs the label histogram in its sidecar {side} "
+                "(written by `ssast prepare`); re-run prepare or set data.balanced_sampling=false"
+            ) from None
+    return hist, clips
+
+
 def _read_json(path: str) -> Any:
     with open(path) as f:
         return json.load(f)
@@ -417,6 +435,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         resample: bool = False,
         shuffle_buffer: int = 2000,
         strict: bool = False,
+        balanced: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
@@ -430,6 +449,17 @@ class ShardDataset(torch.utils.data.IterableDataset):
         # Samples giving exactly target_length Kaldi frames (25 ms window, 10 ms shift): (T - 1) * 160 + 400 at 16 kHz.
         self.max_samples = (audio.target_length - 1) * (sr // 100) + sr * 25 // 1000
         self.crop = audio.crop if train else "start"
+        self.label_weight: dict[str, float] | None = None
+        if balanced:
+            # AudioSet-style class balance by weighting: a clip weighs the sum over its labels of 1 / (count + eps)
+            # (the weights of the map-style sampler); each clip is emitted r = weight / mean weight times on
+            # average (floor(r) copies plus one more with probability r - floor(r)), so one pass over the shards
+            # draws clips in proportion to their weights, as sampling with replacement would.
+            hist, clips = label_histogram(self.urls)
+            eps = 0.01
+            weights = {mid: 1.0 / (n + eps) for mid, n in hist.items()}
+            mean = sum(n * weights[mid] for mid, n in hist.items()) / max(clips, 1)
+            self.label_weight = {mid: w / mean for mid, w in weights.items()}
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch: shard order, shuffle buffer and crops all depend on it."""
@@ -475,12 +505,28 @@ class ShardDataset(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         stream = self._raw_stream(worker, num_workers)
+        if self.label_weight is not None and self.train:
+            stream = self._balanced(stream, random.Random(_seed_int(self.seed, self.epoch, self.rank, worker, 3)))
         if self.train and self.shuffle_buffer > 1:
             rng = random.Random(_seed_int(self.seed, self.epoch, self.rank, worker, 2))
             initial = min(100, self.shuffle_buffer)
             stream = wds.filters.shuffle(self.shuffle_buffer, initial, rng=rng)(stream)
         for path, sample, draw in stream:
             yield self._decode(path, sample, draw)
+
+    def _balanced(self, stream: Iterator[tuple[str, dict, int]], rng: random.Random) -> Iterator[tuple[str, dict, int]]:
+        """Repeat each clip by its class-balance factor (see __init__); copies get their own crop draws."""
+        for path, sample, draw in stream:
+            try:
+                mids = json.loads(sample.get("json", b"{}")).get("labels", [])
+                if isinstance(mids, str):
+                    mids = [m for m in mids.split(",") if m]
+                factor = sum(self.label_weight.get(m, 0.0) for m in mids)
+            except (ValueError, AttributeError):
+                factor = 1.0  # a broken member passes once and is reported by _decode
+            copies = int(factor) + (rng.random() < factor - int(factor))
+            for j in range(copies):
+                yield path, sample, draw * 1024 + j
 
     def _bad(self, path: str, key: str, reason: str, exc: Callable[[str], Exception]) -> dict:
         if self.strict:
