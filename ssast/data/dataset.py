@@ -37,7 +37,7 @@ def frames_of(num_samples: int, sample_rate: int = 16000) -> int:
 
 
 def bad_item(key: str, error: Exception | str) -> dict:
-    """The placeholder for a clip that could not be used (non-strict mode)."""
+    """The item that stands in for a clip that could not be used (non-strict mode)."""
     if isinstance(error, AudioError):
         reason = str(error)
     elif isinstance(error, Exception):

@@ -7,6 +7,7 @@ logging) is shared.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -412,7 +413,7 @@ class Trainer:
                 self.batch_in_epoch = getattr(self.train_loader, "position", self.batch_in_epoch + 1)
                 feats, labels = self._prepare_batch(batch)
                 sync = (micro + 1) % accum == 0
-                ctx = self.step_model.no_sync() if (rt.distributed and not sync) else _null()
+                ctx = self.step_model.no_sync() if (rt.distributed and not sync) else contextlib.nullcontext()
                 with ctx:
                     with rt.autocast():
                         loss, extras = self.task.loss(self.step_model, feats, labels, self.gen)
@@ -580,14 +581,6 @@ def _write_per_class(path: Path, labels, ap: list[float]) -> None:
     for i, (mid, name, v) in enumerate(zip(labels.ids, labels.names, ap)):
         lines.append(f"{i},{mid},\"{name}\",{'' if v != v else f'{v:.6f}'}")
     ck.atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def train(cfg: Config, *, resume: str | None = None, stream=None) -> dict:
