@@ -247,3 +247,13 @@ def test_bf16_on_cpu_trains_with_finite_falling_loss(corpus, tmp_path):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
     # master weights stay fp32
     assert all(t.dtype == torch.float32 for t in load_state(run / "final").values() if t.is_floating_point())
+
+
+def test_multilabel_finetune_reports_map_and_per_class_csv(corpus, tmp_path):
+    run = tmp_path / "ml"
+    res = train(finetune_cfg(corpus, run, "data.multilabel=true", "train.epochs=1", "train.ema=0.9",
+                             "augment.mixup=0.5", "train.wa_start=1", "train.wa_end=1"))
+    assert {"mAP", "mAUC", "d_prime", "accuracy"} <= set(res["final"])
+    rows = (run / "per_class_ap.csv").read_text().strip().splitlines()
+    assert rows[0] == "index,mid,display_name,ap" and len(rows) == 7
+    assert rows[1].startswith("0,rising,")
