@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from ssast.audio.io import load_audio  # noqa: E402
 from ssast.config import Config  # noqa: E402
-from ssast.data.dataset import clip_samples  # noqa: E402
+from ssast.audio.fbank import max_samples  # noqa: E402
 from ssast.data.loader import build_loader  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ssast.audio.fbank import kaldi_fbank
 
     torch.set_num_threads(1)  # per-core numbers
-    max_samples = clip_samples(args.target_length)
+    window = max_samples(args.target_length)
     results: dict = {
         "device": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{'format':<16}{'decode clips/s/core':>22}{'decode+fbank clips/s/core':>28}")
         for fmt in formats:
             def decode(p):
-                return load_audio(p, max_samples=max_samples)
+                return load_audio(p, max_samples=window)
 
             def decode_fbank(p):
-                return kaldi_fbank(torch.from_numpy(load_audio(p, max_samples=max_samples)))
+                return kaldi_fbank(torch.from_numpy(load_audio(p, max_samples=window)))
 
             d = time_per_clip(decode, clips[fmt], args.repeats)
             df = time_per_clip(decode_fbank, clips[fmt], args.repeats)

@@ -37,14 +37,15 @@ def load_for_inference(path: str, device: torch.device, need_head: bool):
 
 def batches_of_files(files: list[str], audio: AudioConfig, batch_size: int) -> Iterable[dict]:
     """Decode files (first target_length frames of each) into padded batches; bad files raise AudioError."""
-    from ssast.audio.fbank import max_samples
+    from ssast.audio.fbank import max_samples, window_hop
     from ssast.audio.io import load_audio
     from ssast.data.dataset import collate
 
     for i in range(0, len(files), batch_size):
         items = []
         for f in files[i : i + batch_size]:
-            wave = load_audio(f, sample_rate=audio.sample_rate, max_samples=max_samples(audio.target_length), crop="start")
+            window = max_samples(audio.target_length, *window_hop(audio.sample_rate))
+            wave = load_audio(f, sample_rate=audio.sample_rate, max_samples=window, crop="start")
             items.append({"wave": wave, "labels": None, "key": str(f)})
         yield collate(items)
 

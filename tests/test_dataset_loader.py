@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 
 from conftest import make_wav, synth, write_corpus
+from ssast.audio.fbank import max_samples
 from ssast.audio.io import AudioError, load_audio
 from ssast.config import AudioConfig, Config
 from ssast.data import (
@@ -19,7 +20,6 @@ from ssast.data import (
     WeightedInterleave,
     build_loader,
     class_balanced_weights,
-    clip_samples,
     collate,
     compute_dataset_stats,
     read_json_list,
@@ -83,7 +83,7 @@ def test_dataset_items_are_a_function_of_seed_epoch_index(tmp_path):
     audio = AudioConfig(target_length=TARGET, crop="random")
     a = ClipDataset(clips, labels=None, audio=audio, train=True, seed=5)
     b = ClipDataset(clips, labels=None, audio=audio, train=True, seed=5)
-    assert len(a[1]["wave"]) == clip_samples(TARGET) == 8240
+    assert len(a[1]["wave"]) == max_samples(TARGET) == 8240
     np.testing.assert_array_equal(a[1]["wave"], b[1]["wave"])
     a.set_epoch(1)
     assert not np.array_equal(a[1]["wave"], b[1]["wave"])  # a new epoch draws a new crop
@@ -374,7 +374,7 @@ def test_dataset_stats_match_torchaudio(tiny_corpus):
     mean, std = compute_dataset_stats(cfg, "train")
     feats = []
     for p in tiny_corpus.wavs:
-        w = torch.from_numpy(load_audio(p, max_samples=clip_samples(TARGET)))[None]
+        w = torch.from_numpy(load_audio(p, max_samples=max_samples(TARGET)))[None]
         feats.append(torchaudio.compliance.kaldi.fbank(
             w, htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",
             num_mel_bins=128, dither=0.0, frame_shift=10))

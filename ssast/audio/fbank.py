@@ -24,6 +24,11 @@ class FeatureError(ValueError):
     """A user error in feature extraction input (wrong shape, sizes that disagree); the message says what to fix."""
 
 
+def window_hop(sample_rate: int = 16000) -> tuple[int, int]:
+    """Kaldi frame length and shift in samples (25 ms, 10 ms) at ``sample_rate``: (400, 160) at 16 kHz."""
+    return sample_rate * 25 // 1000, sample_rate * 10 // 1000
+
+
 def frames_for(num_samples: int, window: int = WINDOW, hop: int = HOP) -> int:
     """Kaldi frame count with snip_edges: only frames that fit entirely in the clip (0 when shorter than a window)."""
     if num_samples < window:

@@ -1,5 +1,5 @@
 """Data sources (JSON clip lists, audio folders, WebDataset shards), datasets, samplers and the batch loader."""
-from ssast.data.dataset import ClipDataset, bad_item, clip_samples, collate, frames_of, reason_kind
+from ssast.data.dataset import ClipDataset, bad_item, collate, reason_kind
 from ssast.data.loader import ClipLoader, WeightedInterleave, build_loader, compute_dataset_stats, source_kind
 from ssast.data.manifest import (
     Clip,
@@ -25,10 +25,8 @@ __all__ = [
     "build_loader",
     "check_files",
     "class_balanced_weights",
-    "clip_samples",
     "collate",
     "compute_dataset_stats",
-    "frames_of",
     "list_audio_folder",
     "read_json_list",
     "read_label_csv",

@@ -17,23 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ssast.audio.fbank import frames_for, max_samples, window_hop
 from ssast.audio.io import AudioError, load_audio
 from ssast.config import AudioConfig
 from ssast.data.manifest import Clip, LabelSet
 
-WINDOW_MS = 25  # Kaldi frame length and shift (ms) used by the SSAST features
-SHIFT_MS = 10
-
-
-def clip_samples(target_length: int, sample_rate: int = 16000) -> int:
-    """Samples that give exactly ``target_length`` Kaldi frames: (T - 1) * shift + window (163,840 for 1024 at 16 kHz)."""
-    return (target_length - 1) * sample_rate * SHIFT_MS // 1000 + sample_rate * WINDOW_MS // 1000
-
-
-def frames_of(num_samples: int, sample_rate: int = 16000) -> int:
-    """Kaldi frames (snip_edges) of a clip: 1 + (n - window) // shift, 0 when shorter than a window."""
-    win = sample_rate * WINDOW_MS // 1000
-    return 0 if num_samples < win else 1 + (num_samples - win) // (sample_rate * SHIFT_MS // 1000)
 
 
 def bad_item(key: str, error: Exception | str) -> dict:
@@ -81,7 +69,7 @@ class ClipDataset(Dataset):
         self.mixup_prob = float(mixup_prob) if train else 0.0
         self.mixup_alpha = float(mixup_alpha)
         self.epoch = 0
-        self.max_samples = clip_samples(audio.target_length, audio.sample_rate)
+        self.max_samples = max_samples(audio.target_length, *window_hop(audio.sample_rate))
         self.crop = audio.crop if train else "start"
 
     def __len__(self) -> int:
@@ -158,7 +146,7 @@ def collate(items: Sequence[dict], sample_rate: int = 16000) -> dict:
     wave = torch.zeros(len(good), S, dtype=torch.float32)
     for i, it in enumerate(good):
         wave[i, : lengths[i]] = torch.from_numpy(np.asarray(it["wave"], dtype=np.float32))
-    num_frames = torch.tensor([frames_of(n, sample_rate) for n in lengths], dtype=torch.long)
+    num_frames = torch.tensor([frames_for(n, *window_hop(sample_rate)) for n in lengths], dtype=torch.long)
     labels = None
     if good and all(it.get("labels") is not None for it in good):
         labels = torch.from_numpy(np.stack([np.asarray(it["labels"], dtype=np.float32) for it in good]))

@@ -40,6 +40,7 @@ from webdataset import tariterators
 from webdataset.shardlists import expand_urls
 
 from ssast.atomic import atomic_write_text, fsync_path
+from ssast.audio.fbank import max_samples, window_hop
 from ssast.audio.io import AudioError, load_audio
 from ssast.config import AudioConfig
 from ssast.data.manifest import Clip, DataError, LabelSet, list_audio_folder, read_json_list, read_label_csv
@@ -445,9 +446,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.resample, self.shuffle_buffer, self.strict = resample, shuffle_buffer, strict
         self.epoch = 0
-        sr = audio.sample_rate
-        # Samples giving exactly target_length Kaldi frames (25 ms window, 10 ms shift): (T - 1) * 160 + 400 at 16 kHz.
-        self.max_samples = (audio.target_length - 1) * (sr // 100) + sr * 25 // 1000
+        self.max_samples = max_samples(audio.target_length, *window_hop(audio.sample_rate))
         self.crop = audio.crop if train else "start"
         self.label_weight: dict[str, float] | None = None
         if balanced:
