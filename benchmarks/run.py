@@ -19,7 +19,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without install
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from ssast.train.runtime import peak_memory_mb, rss_peak_mb  # noqa: E402
 
 ROWS = (
     "pretrain-authors",
@@ -114,23 +115,10 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def rss_peak_mb() -> float:
-    """Peak resident set size of this process in MiB (ru_maxrss is in KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
 def sync(device: torch.device) -> None:
     """Wait for queued GPU work so host timers measure it (no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def peak_mb(device: torch.device) -> float:
-    """Peak memory of this process: CUDA max allocated on a GPU, peak RSS on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return rss_peak_mb()
 
 
 def time_calls(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> list[float]:
@@ -300,7 +288,7 @@ def measure_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = time_calls(step, spec.warmup, spec.repeats, device)
-    return Measurement(times, peak_mb(device), info)
+    return Measurement(times, peak_memory_mb(device), info)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -378,7 +366,7 @@ def measure_loop(spec: Spec, device: torch.device, dtype: Optional[torch.dtype])
             torch.cuda.reset_peak_memory_stats(device)
         trainer.fit()
         handle.remove()
-        loop_peak = peak_mb(device)
+        loop_peak = peak_memory_mb(device)
         workers = trainer.train_loader.loader.num_workers if hasattr(trainer.train_loader, "loader") else None
     if len(stamps) != spec.loop_steps:
         raise RuntimeError(f"the loop ran {len(stamps)} optimiser steps, expected {spec.loop_steps}")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ssast.atomic import atomic_write, atomic_write_text, fsync_path  # noqa: F401 (re-exported)
+from ssast.atomic import atomic_write, fsync_path
 
 TRAINER_STATE = "trainer.pt"
 

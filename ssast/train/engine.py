@@ -11,7 +11,6 @@ import contextlib
 import copy
 import json
 import math
-import resource
 import signal
 import time
 from dataclasses import asdict
@@ -24,20 +23,22 @@ from torch import nn
 
 from ssast.config import Config, ConfigError, dump_config
 from ssast.metrics import classification_metrics
+from ssast.atomic import atomic_write_text
 from ssast.train import checkpoints as ck
 from ssast.train.logging import Board, Progress, reconstruction_figure
 from ssast.train.optim import LRSchedule, build_optimizer
-from ssast.train.runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime
+from ssast.train.runtime import (
+    Runtime,
+    peak_memory_mb,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    setup_runtime,
+)
 
 
 class TrainingStopped(RuntimeError):
     """The run ended early on purpose (signal) or because the loss kept being non-finite; a checkpoint tells where."""
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -160,7 +161,7 @@ class Trainer:
         self.resume_from = ck.resolve_resume(Path(resume)) if resume else None
         if rt.is_main:
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            ck.atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+            atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
         self.labels = load_label_set(cfg)
         self.task = PretrainTask(cfg, rt, self.labels) if cfg.task == "pretrain" else FinetuneTask(cfg, rt, self.labels)
 
@@ -566,7 +567,7 @@ class Trainer:
                 result["skipped_clips"] = summary
                 if summary:
                     self.progress.message(summary)
-            ck.atomic_write_text(self.run_dir / "metrics.json", json.dumps(result, indent=2))
+            atomic_write_text(self.run_dir / "metrics.json", json.dumps(result, indent=2))
             hp = {"task": cfg.task, "size": cfg.model.size, "fshape": cfg.model.fshape, "tshape": cfg.model.tshape,
                   "pretrain_encoder": cfg.model.pretrain_encoder, "lr": cfg.optim.lr, "batch": cfg.data.batch_size,
                   "precision": rt.precision}
@@ -580,7 +581,7 @@ def _write_per_class(path: Path, labels, ap: list[float]) -> None:
     lines = ["index,mid,display_name,ap"]
     for i, (mid, name, v) in enumerate(zip(labels.ids, labels.names, ap)):
         lines.append(f"{i},{mid},\"{name}\",{'' if v != v else f'{v:.6f}'}")
-    ck.atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def train(cfg: Config, *, resume: str | None = None, stream=None) -> dict:

@@ -124,6 +124,22 @@ def setup_runtime(device: str = "auto", precision: str = "auto", dim: int = 768)
     return Runtime(dev, dtype, rank, world_size, local_rank, note)
 
 
+def rss_peak_mb() -> float:
+    """Peak resident set size of this process in MiB (ru_maxrss is in KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA max allocated on a GPU, peak resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return rss_peak_mb()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
