@@ -237,10 +237,21 @@ def user_errors() -> tuple[type, ...]:
     return (ConfigError, DataError, AudioError, CheckpointError, TrainingStopped, FileNotFoundError)
 
 
+# Commands that never build a model: they must work even where torchvision (imported by timm) cannot load.
+NO_MODEL_COMMANDS = ("compare",)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ssast.environment import EnvironmentMismatch, require
+
     try:
+        if args.command not in NO_MODEL_COMMANDS:
+            require("torchvision")  # timm imports it: a mismatched build would fail deep inside the first model import
         return args.func(args)
+    except EnvironmentMismatch as e:  # before user_errors(), whose imports would fail the same way
+        print(f"ssast {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except user_errors() as e:
         print(f"ssast {args.command}: error: {e}", file=sys.stderr)
         return 130 if type(e).__name__ == "TrainingStopped" and "signal" in str(e) else 2

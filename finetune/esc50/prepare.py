@@ -103,11 +103,9 @@ def convert(job: tuple[str, str]) -> str:
         return f"error: {src}: cannot decode ({e})"
     x = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if sr != SAMPLE_RATE:
-        import torch
-        import torchaudio.functional as AF
+        from ssast.audio.io import resample
 
-        g = np.gcd(sr, SAMPLE_RATE)
-        x = AF.resample(torch.from_numpy(np.ascontiguousarray(x)), sr // g, SAMPLE_RATE // g).numpy()
+        x = resample(np.ascontiguousarray(x), sr, SAMPLE_RATE)
     tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.tmp")
     sf.write(tmp, np.clip(x, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
     os.replace(tmp, dst)  # a crash never leaves a truncated file under the final name

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torchaudio.functional as AF
 from torch import Tensor
 
 from ssast.audio.fbank import HOP, WINDOW, FeatureError
@@ -24,18 +23,31 @@ def _check_batch(fbank: Tensor, name: str) -> None:
         raise FeatureError(f"{name} expects features of shape (batch, frames, mel), got {tuple(fbank.shape)}")
 
 
+def _mask_span(fbank: Tensor, width: int, axis: int) -> Tensor:
+    """Zero one span per clip along ``axis`` (1 = time, 2 = mel) of a (B, frames, mel) batch.
+
+    The draws follow torchaudio's ``mask_along_axis_iid`` (length ~ U(0, width), start ~ U(0, size - length), both
+    floored, same order and dtype), so a seeded run masks exactly what torchaudio would.
+    """
+    batch, size = fbank.shape[0], fbank.shape[axis]
+    width = min(width, size)  # wider masks would make the start negative
+    length = torch.rand(batch, device=fbank.device, dtype=fbank.dtype) * width
+    start = torch.rand(batch, device=fbank.device, dtype=fbank.dtype) * (size - length)
+    first = start.long()[:, None]
+    pos = torch.arange(size, device=fbank.device)[None]
+    hit = (pos >= first) & (pos < first + length.long()[:, None])  # (B, size)
+    return fbank.masked_fill(hit.unsqueeze(3 - axis), 0.0)
+
+
 def spec_augment(fbank: Tensor, freqm: int, timem: int) -> Tensor:
-    """SpecAugment with torchaudio's iid maskers: one frequency band (< freqm bins) and one time span
-    (< timem frames) per clip, independent across clips, set exactly to 0."""
+    """SpecAugment: one mel band (< freqm bins) and then one time span (< timem frames) per clip, independent
+    across clips, set exactly to 0."""
     _check_batch(fbank, "spec_augment")
-    _, frames, bins = fbank.shape
-    spec = fbank.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T): torchaudio's layout, one mask per (clip, channel)
-    # Masks wider than the axis make torchaudio draw negative starts; cap them at the axis length.
     if freqm > 0:
-        spec = AF.mask_along_axis_iid(spec, min(freqm, bins), 0.0, axis=2)
+        fbank = _mask_span(fbank, freqm, axis=2)
     if timem > 0:
-        spec = AF.mask_along_axis_iid(spec, min(timem, frames), 0.0, axis=3)
-    return spec.squeeze(1).transpose(1, 2)
+        fbank = _mask_span(fbank, timem, axis=1)
+    return fbank
 
 
 def noise_and_shift(fbank: Tensor, max_shift: int = 10, generator: torch.Generator | None = None) -> Tensor:

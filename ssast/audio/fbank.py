@@ -2,14 +2,15 @@
 
 torchaudio's version handles one clip at a time with Python-side framing. This one frames a whole batch with
 ``unfold`` and runs one rFFT and one matrix product for it, on whatever device the waveforms live on, so a GPU
-training step can turn raw waveforms into features itself. The filter matrix comes from torchaudio's own
-``get_mel_banks`` (cached per device), so the mel scale is not re-derived here.
+training step can turn raw waveforms into features itself. The Kaldi mel filter matrix is built here too, with
+torchaudio's float32 arithmetic (tested equal to its ``get_mel_banks``), so features need no compiled torchaudio.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
-from torchaudio.compliance.kaldi import get_mel_banks
 
 # SSAST front end: 16 kHz, 25 ms windows every 10 ms (400 and 160 samples), FFT size 512, 20 Hz .. Nyquist.
 WINDOW = 400
@@ -43,19 +44,44 @@ def max_samples(target_length: int, window: int = WINDOW, hop: int = HOP) -> int
     return (target_length - 1) * hop + window
 
 
+def _mel(freq):
+    """Kaldi's mel scale (natural log, 1127 * ln(1 + f / 700)), for a float or a tensor."""
+    return 1127.0 * (math.log(1.0 + freq / 700.0) if isinstance(freq, float) else (1.0 + freq / 700.0).log())
+
+
+def kaldi_mel_banks(num_mel_bins: int, n_fft: int, sample_rate: float, low_freq: float = LOW_FREQ) -> Tensor:
+    """Kaldi's triangular mel filters up to Nyquist, (num_mel_bins, n_fft // 2) in float32, no VTLN warp.
+
+    Triangles are evenly spaced on the mel scale between ``low_freq`` and Nyquist, each spanning two spacings; the
+    operations run in the same order and dtype as torchaudio's ``get_mel_banks`` so the two agree bit for bit.
+    """
+    if num_mel_bins <= 3 or n_fft % 2 or not 0.0 <= low_freq < sample_rate / 2:
+        raise FeatureError(f"mel banks need > 3 bins, an even FFT size and 0 <= low_freq < Nyquist; got "
+                           f"{num_mel_bins} bins, FFT {n_fft}, low_freq {low_freq} at {sample_rate} Hz")
+    mel_low, mel_high = _mel(float(low_freq)), _mel(0.5 * sample_rate)
+    delta = (mel_high - mel_low) / (num_mel_bins + 1)
+    k = torch.arange(num_mel_bins).unsqueeze(1)
+    left = mel_low + k * delta
+    center = mel_low + (k + 1.0) * delta
+    right = mel_low + (k + 2.0) * delta
+    mel = _mel((sample_rate / n_fft) * torch.arange(n_fft / 2)).unsqueeze(0)
+    up = (mel - left) / (center - left)
+    down = (right - mel) / (right - center)
+    return torch.max(torch.zeros(1), torch.min(up, down))
+
+
 _MEL_CACHE: dict[tuple, Tensor] = {}
 
 
 def mel_matrix(
     num_mel_bins: int, sample_rate: int, n_fft: int, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """The (n_fft // 2 + 1, num_mel_bins) filter matrix from torchaudio, built once per device/size and cached."""
+    """The (n_fft // 2 + 1, num_mel_bins) filter matrix, built once per device/size and cached."""
     key = (num_mel_bins, sample_rate, n_fft, str(device), dtype)
     bank = _MEL_CACHE.get(key)
     if bank is None:
-        # Same arguments torchaudio's fbank passes by default: low 20 Hz, high = Nyquist, no VTLN warp.
-        bins, _ = get_mel_banks(num_mel_bins, n_fft, float(sample_rate), LOW_FREQ, 0.0, 100.0, -500.0, 1.0)
-        # torchaudio pads a zero column for the Nyquist bin; keep the same layout, transposed for x @ bank.
+        bins = kaldi_mel_banks(num_mel_bins, n_fft, float(sample_rate))
+        # Kaldi gives the Nyquist bin no filter weight: a zero column, transposed for x @ bank.
         bins = torch.nn.functional.pad(bins, (0, 1))
         bank = bins.t().contiguous().to(device=device, dtype=dtype)
         _MEL_CACHE[key] = bank  # a racing thread at worst builds the same matrix twice

@@ -15,6 +15,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from ssast.environment import require
+
 # Short categories of bad audio; the loader's skip summary counts clips by these words.
 AUDIO_ERROR_KINDS = ("missing", "corrupt", "empty", "nonfinite", "silent", "too_short")
 
@@ -95,9 +97,13 @@ def crop_offset(total: int, window: int, crop: CropMode, rng: np.random.Generato
     raise ValueError(f"crop must be 'start', 'random' or 'center', got {crop!r}")
 
 
-def _resample(x: np.ndarray, orig: int, new: int) -> np.ndarray:
-    """Band-limited resampling (torchaudio's sinc interpolation)."""
-    import torchaudio.functional as AF  # lazy: torchaudio import is slow and only needed for other rates
+def resample(x: np.ndarray, orig: int, new: int) -> np.ndarray:
+    """Band-limited resampling of a 1-D float signal (torchaudio's sinc interpolation).
+
+    The only use of torchaudio at run time: imported here, on the first clip that needs it, so 16 kHz data never loads
+    its compiled library, and a torchaudio that cannot load is one line (``EnvironmentMismatch``), not a traceback.
+    """
+    AF = require("torchaudio.functional")
 
     g = math.gcd(orig, new)
     return AF.resample(torch.from_numpy(x), orig // g, new // g).numpy()
@@ -145,7 +151,7 @@ def load_audio(
     if x.max() == x.min():
         raise _fail(name, "silent", "every sample has the same value (digital silence); remove the clip")
     if sr != sample_rate:
-        x = _resample(np.ascontiguousarray(x), sr, sample_rate)
+        x = resample(np.ascontiguousarray(x), sr, sample_rate)
     if max_samples is not None and x.shape[0] > max_samples:
         x = x[:max_samples]
     min_len = int(round(0.025 * sample_rate))  # one 25 ms analysis window: fewer samples give no fbank frame

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 from ssast.atomic import atomic_write_text
 from ssast.audio.io import AudioError, audio_info
 from ssast.data.manifest import Clip, DataError
+from ssast.environment import EnvironmentMismatch
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -322,6 +323,6 @@ def run_prepare(main: Callable[[list[str] | None], int], prog: str, argv: list[s
     """Run a prepare script's ``main``; user errors (bad root, bad file) end in one line naming the file, exit 2."""
     try:
         return main(argv)
-    except (DataError, AudioError, FileNotFoundError, NotADirectoryError) as e:
+    except (DataError, AudioError, EnvironmentMismatch, FileNotFoundError, NotADirectoryError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, get_wor
 
 from ssast.audio.io import AudioError
 from ssast.config import Config
+from ssast.environment import EnvironmentMismatch
 from ssast.data.dataset import ClipDataset, collate, reason_kind
 from ssast.data.manifest import (
     DataError,
@@ -257,7 +258,7 @@ class ClipLoader:
                 if batch["wave"].shape[0] == 0:
                     continue  # every clip of this batch was bad
                 yield batch
-        except (AudioError, DataError) as e:  # bad clips in strict mode, broken shards, label mismatches
+        except (AudioError, DataError, EnvironmentMismatch) as e:  # strict-mode bad clips, broken shards, labels; no resampler
             clean = _clean_error(e)
             if clean is e:
                 raise
