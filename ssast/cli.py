@@ -116,6 +116,11 @@ def cmd_prepare(args) -> int:
                            label_csv=args.label_csv, strict=args.strict)
     print(f"wrote {len(index['shards'])} shards, {index['num_clips']} clips, "
           f"{index['total_seconds'] / 3600:.2f} h to {args.out}")
+    if index["skipped"]:
+        from ssast.data.dataset import summarize_skips
+
+        seen = index["num_clips"] + sum(index["skipped"].values())
+        print(summarize_skips(seen, index["skipped"], index["skipped_examples"]) + f" (listed in {args.out}/index.json)")
     return 0
 
 

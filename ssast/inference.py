@@ -1,6 +1,7 @@
 """Using trained models on audio files: evaluation on a labelled list, top-k prediction and embeddings."""
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
@@ -128,13 +129,17 @@ def evaluate_checkpoint(ckpt: str | list[str], cfg: Config) -> dict:
             return features(batch["wave"].to(rt.device), batch["num_frames"].to(rt.device), train=False)
 
         task = FinetuneTask(run_cfg, rt, labels)
-        scores, targets, keys = task.predict(model, build_loader(run_cfg, split, labels=labels), rt, feature_fn)
+        loader = build_loader(run_cfg, split, labels=labels)
+        scores, targets, keys = task.predict(model, loader, rt, feature_fn)
         all_scores.append(scores)
         single = classification_metrics(scores, targets, cfg.data.multilabel)
         single.pop("per_class_ap", None)
         singles.append({"checkpoint": str(path), **single})
     metrics = classification_metrics(np.mean(all_scores, axis=0), targets, cfg.data.multilabel)
     metrics["num_clips"] = len(keys)
+    if sum(loader.skipped.values()):  # the clips are the same for every checkpoint: report the last pass
+        metrics["skipped_clips"] = f"data.{split}: {loader.skip_summary()} (scored on the rest)"
+        print(f"evaluate: {metrics['skipped_clips']}", file=sys.stderr)
     if len(ckpts) > 1:
         metrics["ensemble_of"] = len(ckpts)
         metrics["single"] = singles

@@ -16,6 +16,7 @@ from ssast.config import load_config
 from ssast.demo import make_corpus
 from ssast.models.checkpoint import load_state
 from ssast.train.engine import TrainingStopped, train
+from ssast.train.state_io import read_state
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
@@ -100,7 +101,7 @@ def test_non_finite_loss_stops_with_message(corpus, tmp_path, monkeypatch):
     # the checkpoint written at step 2 holds the initial weights: skipped updates never reach the model
     state = load_state(tmp_path / "nan" / "last")
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
-    opt_state = torch.load(tmp_path / "nan" / "last" / "trainer.pt", weights_only=False)["optimizer"]["state"]
+    opt_state = read_state(tmp_path / "nan" / "last")["optimizer"]["state"]
     assert all(float(st["step"]) == 0 and not st["exp_avg"].any() for st in opt_state.values())
 
 

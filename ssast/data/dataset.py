@@ -41,6 +41,16 @@ def reason_kind(reason: str) -> str:
     return head if head and " " not in head and len(head) <= 20 and head != reason else "other"
 
 
+def summarize_skips(seen: int, counts: dict[str, int], examples: list[str]) -> str:
+    """One line: how many of ``seen`` clips were skipped, by reason, and the first examples."""
+    total = sum(counts.values())
+    text = f"skipped {total} of {seen} clips"
+    if total:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        text += f": {kinds}; first: " + "; ".join(examples[:3])
+    return text
+
+
 class ClipDataset(Dataset):
     """Clips decoded on demand, cropped to the model's input length, with optional dataset-level wave mixup.
 

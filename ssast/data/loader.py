@@ -28,7 +28,7 @@ from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, get_wor
 from ssast.audio.io import AudioError
 from ssast.config import Config
 from ssast.environment import EnvironmentMismatch
-from ssast.data.dataset import ClipDataset, collate, reason_kind
+from ssast.data.dataset import ClipDataset, collate, reason_kind, summarize_skips
 from ssast.data.manifest import (
     DataError,
     LabelSet,
@@ -185,6 +185,10 @@ def _short_reason(key: str, reason: str) -> str:
     return f"{kind}: {reason[len(head):]}" if reason.startswith(head) else reason
 
 
+# An endless stream that has produced only bad clips after this many gives up instead of looping forever.
+ENDLESS_GIVE_UP = 1000
+
+
 class ClipLoader:
     """Batches of one split: iterate for batches; ``set_epoch`` before each epoch; skipped clips are counted."""
 
@@ -197,8 +201,11 @@ class ClipLoader:
         labels: LabelSet | None,
         batch_size: int,
         endless: bool,
+        name: str = "data",
+        training: bool = False,
     ) -> None:
         self.loader = loader
+        self.training = training
         self.sampler = sampler
         self.datasets = list(datasets)
         self.labels = labels
@@ -210,6 +217,8 @@ class ClipLoader:
         self.seen = 0  # clips read, skipped ones included
         self.skipped: collections.Counter[str] = collections.Counter()
         self.skip_examples: list[tuple[str, str]] = []
+        self.usable_seen = False
+        self.name = name
 
     @property
     def num_batches(self) -> int | None:
@@ -247,6 +256,8 @@ class ClipLoader:
         self.position = self.start_batch
         # Finite streams have no sampler to skip with: drop the consumed batches (exact, costs their decoding).
         discard = self.start_batch if (self.sampler is None and not self.endless) else 0
+        full_pass = self.start_batch == 0 and not self.endless and self.training  # evaluation reports, not stops
+        usable = 0
         it = iter(self.loader)
         try:
             for batch in it:
@@ -256,8 +267,15 @@ class ClipLoader:
                 self.position += 1
                 self._record(batch)
                 if batch["wave"].shape[0] == 0:
-                    continue  # every clip of this batch was bad
+                    # every clip of this batch was bad; a stream of nothing but bad clips would never end
+                    if self.endless and not self.usable_seen and self.seen >= ENDLESS_GIVE_UP:
+                        raise DataError(self._nothing_usable())
+                    continue
+                usable += batch["wave"].shape[0]
+                self.usable_seen = True
                 yield batch
+            if full_pass and not usable:
+                raise DataError(self._nothing_usable())
         except (AudioError, DataError, EnvironmentMismatch) as e:  # strict-mode bad clips, broken shards, labels; no resampler
             clean = _clean_error(e)
             if clean is e:
@@ -267,15 +285,21 @@ class ClipLoader:
         finally:
             del it  # stop the worker processes now, not when the traceback is garbage-collected
 
+    def reset_counts(self) -> None:
+        """Forget the skip counts (before an evaluation pass, so its summary covers that pass alone)."""
+        self.seen = 0
+        self.skipped.clear()
+        self.skip_examples.clear()
+
+    def _nothing_usable(self) -> str:
+        if not self.seen:
+            return f"{self.name}: the sources hold no clips"
+        return f"{self.name}: no usable clip; {self.skip_summary()}"
+
     def skip_summary(self) -> str:
         """One line: how many clips were skipped, by reason, and the first examples."""
-        total = sum(self.skipped.values())
-        text = f"skipped {total} of {self.seen} clips"
-        if total:
-            kinds = ", ".join(f"{n} {k}" for k, n in self.skipped.most_common())
-            first = "; ".join(f"{key} ({_short_reason(key, reason)})" for key, reason in self.skip_examples[:3])
-            text += f": {kinds}; first: {first}"
-        return text
+        return summarize_skips(self.seen, dict(self.skipped),
+                               [f"{key} ({_short_reason(key, reason)})" for key, reason in self.skip_examples])
 
 
 def _map_dataset(cfg: Config, source: str, kind: str, labels: LabelSet | None, train: bool, seed: int) -> ClipDataset:
@@ -437,6 +461,8 @@ def build_loader(
         labels=labels,
         batch_size=batch_size,
         endless=endless and sampler is None,
+        name=f"data.{split}",
+        training=train,
     )
 
 

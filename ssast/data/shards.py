@@ -18,6 +18,7 @@ shuffle buffer; shard selection per rank and DataLoader worker is done here (not
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
@@ -26,7 +27,10 @@ import multiprocessing
 import os
 import random
 import re
+import signal
 import sys
+import threading
+import time
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -228,6 +232,24 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool-worker start-up: end this worker when the preparing process dies (even by SIGKILL), so a killed
+    `prepare` leaves no orphans writing shards. Linux's parent-death signal, else a watcher thread."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL) != 0:  # 1 = PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl failed")
+    except (OSError, AttributeError):
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
 def prepare_shards(
     source: str,
     out_dir: str,
@@ -276,7 +298,7 @@ def prepare_shards(
         else:
             ctx = multiprocessing.get_context("spawn")  # safe with torch threads and on every platform
             try:
-                with ctx.Pool(min(workers, len(todo))) as pool:
+                with ctx.Pool(min(workers, len(todo)), initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
                     for meta in pool.imap_unordered(_write_shard, todo):
                         metas[int(meta["shard"][6:12])] = meta
                         bar.step()

@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import safetensors
 import safetensors.torch
@@ -121,8 +121,12 @@ def save_checkpoint(
     label_ids: Optional[Sequence[str]] = None,
     norm: Any = None,
     extra: Optional[dict] = None,
+    write_more: Optional[Callable[[Path], None]] = None,
 ) -> Path:
-    """Write ``model`` and the metadata that rebuilds it into directory ``path_dir``, atomically; returns the path."""
+    """Write ``model`` and the metadata that rebuilds it into directory ``path_dir``, atomically; returns the path.
+
+    ``write_more(folder)`` may add files (a trainer state) to the folder before it gets its final name, so the whole
+    folder appears at once or not at all."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     model = _unwrap_model(model)
@@ -150,7 +154,9 @@ def save_checkpoint(
     try:
         safetensors.torch.save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-        for f in (tmp / WEIGHTS, tmp / META, tmp):
+        if write_more is not None:
+            write_more(tmp)
+        for f in (*tmp.iterdir(), tmp):
             fsync_path(f)
         _swap_in(tmp, target)
     except BaseException:

@@ -3,7 +3,9 @@
 A run directory holds::
 
     config.yaml             the resolved config
-    checkpoints/step-N/     model.safetensors + model.json (rebuildable model) + trainer.pt (exact-resume state)
+    .lock                   held (flock) by the run using the directory; the kernel drops it if the process dies
+    checkpoints/step-N/     model.safetensors + model.json (rebuildable model) + trainer.safetensors/.json
+                            (exact-resume state: tensors and plain data, never pickle)
     last                    symlink to the newest complete checkpoint (replaced atomically)
     best/                   best model by the validation metric (fine-tuning)
     final/                  the model at the end (averaged weights when weight averaging is on)
@@ -15,21 +17,83 @@ any moment leaves the previous checkpoint usable.
 """
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import os
 import re
 import shutil
 from pathlib import Path
 
-import torch
+from ssast.atomic import fsync_path
+from ssast.config import Config, ConfigError
+from ssast.train.state_io import STATE as TRAINER_STATE
 
-from ssast.atomic import atomic_write, fsync_path
+# What a resumed run may change: how long it runs, how often it logs, saves and evaluates, and how it reads data.
+# Anything else (model, features, augmentation, optimiser, training data, batch, seed, precision) would make the
+# resumed run a different run than the checkpoint's.
+RESUME_MAY_CHANGE = (
+    "train.steps", "train.epochs", "train.run_dir", "train.log_every", "train.ckpt_every", "train.keep_last",
+    "train.eval_every", "train.image_every", "train.max_bad_steps", "train.progress", "train.device",
+    "data.valid", "data.test", "data.num_workers", "data.eval_batch_size", "data.strict", "data.allow_missing",
+)
 
-TRAINER_STATE = "trainer.pt"
+
+class RunLock:
+    """Exclusive use of a run directory: ``flock`` on ``RUN/.lock``, released on close or when the process dies,
+    so a crashed run never leaves it stuck, and a second run on the same directory is refused."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            raise ConfigError(f"train.run_dir {run_dir}: another ssast run (pid {holder}) is using this directory; "
+                              f"wait for it to end or choose another train.run_dir") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = -1
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save through :func:`ssast.atomic.atomic_write`."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+def clean_stale(run_dir: Path) -> list[Path]:
+    """Remove what killed saves left behind (half-written ``*.tmp-*`` folders, ``*.old-*`` copies, temporary files
+    and links); call only while holding the run's lock. Returns what was removed."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            name = p.name
+            if re.search(r"\.(tmp|old)-[^/]+$", name) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            elif name.startswith(".") and (name.endswith(".tmp") or name.startswith(".last.")) and (
+                    p.is_symlink() or not p.is_dir()):
+                p.unlink(missing_ok=True)
+            else:
+                continue
+            removed.append(p)
+    return removed
+
+
+def resume_conflicts(saved: Config, given: Config) -> list[str]:
+    """The keys outside RESUME_MAY_CHANGE whose values differ between a run's saved config and a resume's config."""
+    def flat(cfg: Config) -> dict:
+        out = {}
+        for section, values in dataclasses.asdict(cfg).items():
+            if isinstance(values, dict):
+                out.update({f"{section}.{k}": v for k, v in values.items()})
+            else:
+                out[section] = values
+        return out
+
+    a, b = flat(saved), flat(given)
+    return [f"{k} (saved {a[k]!r}, given {b[k]!r})" for k in a if k not in RESUME_MAY_CHANGE and a[k] != b.get(k)]
 
 
 def point_last(run_dir: Path, target: Path) -> None:
@@ -69,6 +133,8 @@ def resolve_resume(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"--resume {run_dir}: no such run directory")
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: not a run directory (no config.yaml)")
     last = run_dir / "last"
     if last.exists() and (last / TRAINER_STATE).is_file():
         return last.resolve()

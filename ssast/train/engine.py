@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import errno
 import json
 import math
 import signal
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,14 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
-from ssast.config import Config, ConfigError, dump_config
+from ssast.config import Config, ConfigError, dump_config, load_config
 from ssast.metrics import classification_metrics
 from ssast.atomic import atomic_write_text
 from ssast.train import checkpoints as ck
 from ssast.train.logging import Board, Progress, reconstruction_figure
 from ssast.train.optim import LRSchedule, build_optimizer
+from ssast.train.state_io import read_state, write_state
 from ssast.train.runtime import (
     Runtime,
     peak_memory_mb,
@@ -150,18 +155,43 @@ class FinetuneTask:
 
 class Trainer:
     def __init__(self, cfg: Config, *, resume: str | None = None, stream=None):
-        from ssast.audio.features import FeatureExtractor
-        from ssast.data.loader import build_loader
-
+        if resume:  # a resume writes only into the directory it resumes, whatever the config says
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=str(resume)))
         self.cfg = cfg
         self.rt = setup_runtime(cfg.train.device, cfg.train.precision, cfg.model.resolved().dim)
         rt = self.rt
         seed_everything(cfg.train.seed + rt.rank)
         self.run_dir = Path(cfg.train.run_dir)
-        self.resume_from = ck.resolve_resume(Path(resume)) if resume else None
+        self.resume_from = ck.resolve_resume(self.run_dir) if resume else None
+        if resume:
+            conflicts = ck.resume_conflicts(load_config(self.run_dir / "config.yaml"), cfg)
+            if conflicts:
+                raise ConfigError(f"--resume {self.run_dir}: cannot change {'; '.join(conflicts)}. A resume may "
+                                  f"change only {', '.join(ck.RESUME_MAY_CHANGE)}; nothing was written")
+        self.lock = None
         if rt.is_main:
-            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+            try:
+                (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"train.run_dir {self.run_dir}: cannot create the run directory "
+                                  f"({e.strerror or e}); choose another train.run_dir") from None
+            self.lock = ck.RunLock(self.run_dir)
+            for stale in ck.clean_stale(self.run_dir):
+                print(f"removed {stale}, left by an interrupted save", file=stream or sys.stderr)
+            if not resume:
+                atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+        try:
+            self._build(stream)
+        except BaseException:
+            self.close()  # a refused or failed start leaves the directory free (and, on resume, untouched)
+            raise
+
+    def _build(self, stream) -> None:
+        """Everything after the run directory is ours: data, model, optimiser, schedule, restored state."""
+        from ssast.audio.features import FeatureExtractor
+        from ssast.data.loader import build_loader
+
+        cfg, rt = self.cfg, self.rt
         self.labels = load_label_set(cfg)
         self.task = PretrainTask(cfg, rt, self.labels) if cfg.task == "pretrain" else FinetuneTask(cfg, rt, self.labels)
 
@@ -224,6 +254,8 @@ class Trainer:
         self._restored_rng = None
         if self.resume_from:
             self._load_trainer_state(self.resume_from)
+            if rt.is_main:  # only now that everything fits: the resumed run's config (e.g. more steps)
+                atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
 
         self.board = Board(self.run_dir / "tb") if rt.is_main else Board(None)
         self.progress = Progress(
@@ -284,8 +316,8 @@ class Trainer:
     def _load_trainer_state(self, path: Path) -> None:
         from ssast.models.checkpoint import load_state
 
+        st = read_state(path)  # JSON + safetensors: a foreign run directory cannot execute anything here
         self.model.load_state_dict(load_state(path), strict=True)
-        st = torch.load(path / ck.TRAINER_STATE, map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(st["optimizer"])
         self.schedule.load_state_dict(st["schedule"])
         self.gen.set_state(st["gen"])
@@ -308,15 +340,26 @@ class Trainer:
                    "multilabel": self.cfg.data.multilabel},
         )
 
-    def save(self, protect_best: bool = False) -> Path | None:
-        """Write checkpoints/step-N (model + trainer state), move `last`, prune old ones. Rank 0 only."""
+    def save(self) -> Path | None:
+        """Write checkpoints/step-N (model + trainer state, one atomic folder), move `last`, prune old ones.
+
+        Rank 0 only. A failed write (a full disk) leaves no partial folder and ends the run with one line that names
+        the last complete checkpoint."""
         if not self.rt.is_main:
             return None
         from ssast.models.checkpoint import save_checkpoint
 
         d = ck.step_dir(self.run_dir, self.step)
-        save_checkpoint(d, self.model, **self._model_meta())
-        ck.atomic_torch_save(self._trainer_state(), d / ck.TRAINER_STATE)
+        try:
+            save_checkpoint(d, self.model, **self._model_meta(),
+                            write_more=lambda folder: write_state(folder, self._trainer_state()))
+        except (OSError, SafetensorError) as e:
+            last = ck.list_checkpoints(self.run_dir)
+            why = "no space left on the device" if _disk_full(e) else f"{type(e).__name__}: {e}"
+            raise TrainingStopped(
+                f"{why} while saving step {self.step} to {d}; the last complete checkpoint is "
+                f"{last[-1] if last else 'none (the run cannot be resumed)'}; free space and resume with "
+                f"--resume {self.run_dir}") from None
         ck.point_last(self.run_dir, d)
         ck.prune(self.run_dir, self.cfg.train.keep_last, protect={d})
         return d
@@ -339,12 +382,20 @@ class Trainer:
         model = model or (self.ema.module if self.ema else self.model)
         was_training = model.training
         model.eval()
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(0)
+        loader.set_epoch(0)
+        loader.reset_counts()
         try:
             return self.task.evaluate(model, loader, self.rt, self.feature_fn)
         finally:
             model.train(was_training)
+
+    def _skip_note(self, split: str, loader) -> str:
+        """The evaluation pass's skip summary, told to the user; empty when every clip was used."""
+        if not sum(loader.skipped.values()):
+            return ""
+        note = f"{split}: {loader.skip_summary()} (scored on the rest)"
+        self.progress.message(note)
+        return note
 
     def _log_reconstruction(self) -> None:
         if not (self.rt.is_main and self.cfg.task == "pretrain" and hasattr(self.model, "reconstruct")):
@@ -377,7 +428,8 @@ class Trainer:
         if rt.note:
             self.progress.message(rt.note)
         if self.resume_from:
-            self.progress.message(f"resumed from {self.resume_from} at step {self.step}")
+            self.progress.message(f"resumed from {self.resume_from} at step {self.step}; this run writes only into "
+                                  f"{self.run_dir}")
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self._fit()
@@ -386,6 +438,13 @@ class Trainer:
                 signal.signal(s, h)
             self.board.close()
             self.progress.close()
+            self.close()
+
+    def close(self) -> None:
+        """Give up the run directory (the lock); the trainer cannot save after this."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _fit(self) -> dict:
         cfg, rt = self.cfg, self.rt
@@ -531,7 +590,9 @@ class Trainer:
             metrics = self.evaluate(loader)
             scalar = {k: v for k, v in metrics.items() if isinstance(v, float)}
             self.board.scalars(split, scalar, self.step)
-            self.history.append({"step": self.step, "epoch": self.epoch, "split": split, **scalar})
+            skipped = self._skip_note(split, loader)
+            self.history.append({"step": self.step, "epoch": self.epoch, "split": split, **scalar,
+                                 **({"skipped_clips": skipped} if skipped else {})})
             self.progress.message(f"{split} @ step {self.step} (epoch {self.epoch}): "
                                   + " ".join(f"{k} {v:.4f}" for k, v in scalar.items()))
         if self.rt.distributed:
@@ -558,6 +619,9 @@ class Trainer:
                 per_class = metrics.pop("per_class_ap", None)
                 result["final"] = metrics
                 result["final_split"] = "test" if self.test_loader else "valid"
+                skipped = self._skip_note(result["final_split"], eval_loader)
+                if skipped:
+                    result["final_skipped_clips"] = skipped
                 if per_class is not None and self.labels is not None:
                     _write_per_class(self.run_dir / "per_class_ap.csv", self.labels, per_class)
                 self.progress.message("final " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -577,6 +641,12 @@ class Trainer:
         return result
 
 
+def _disk_full(e: BaseException) -> bool:
+    """ENOSPC from the OS, or safetensors' / torch's wrapping of it in their own error text."""
+    return getattr(e, "errno", None) == errno.ENOSPC or any(
+        t in str(e) for t in ("No space left", "StorageFull", "code: 28"))
+
+
 def _write_per_class(path: Path, labels, ap: list[float]) -> None:
     lines = ["index,mid,display_name,ap"]
     for i, (mid, name, v) in enumerate(zip(labels.ids, labels.names, ap)):
@@ -585,6 +655,8 @@ def _write_per_class(path: Path, labels, ap: list[float]) -> None:
 
 
 def train(cfg: Config, *, resume: str | None = None, stream=None) -> dict:
-    """Run one pretraining or fine-tuning job described by ``cfg``; returns the final metrics."""
+    """Run one pretraining or fine-tuning job described by ``cfg``; returns the final metrics.
+
+    With ``resume`` (a run directory) the run continues there, whatever ``cfg.train.run_dir`` says."""
     trainer = Trainer(cfg, resume=resume, stream=stream)
     return trainer.fit()
