@@ -11,10 +11,10 @@ from ssast import __version__
 EPILOG_OVERRIDES = "Dotted overrides after the options set any config key, e.g. optim.lr=2e-4 data.batch_size=12."
 
 
-def _load(args):
+def _load(args, task: str | None = None):
     from ssast.config import load_config
 
-    return load_config(args.config, args.overrides)
+    return load_config(args.config, args.overrides, task=task)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -46,16 +46,9 @@ def cmd_train(args) -> int:
 
     if args.resume and not args.config:
         cfg_path = Path(args.resume) / "config.yaml"
-        cfg = load_config(cfg_path, args.overrides)
+        cfg = load_config(cfg_path, args.overrides, task=args.command)
     else:
-        cfg = _load(args)
-    if cfg.task != args.command:
-        from dataclasses import replace
-
-        cfg = replace(cfg, task=args.command)
-        from ssast.config import validate
-
-        validate(cfg)
+        cfg = _load(args, task=args.command)
     if args.dry_run:
         print(dump_config(cfg))
         print(_model_summary(cfg))
@@ -77,7 +70,7 @@ def cmd_evaluate(args) -> int:
         from ssast.config import ConfigError
 
         raise ConfigError("evaluate: name at least one checkpoint folder")
-    cfg = load_config(args.config, [a for a in args.args if "=" in a])
+    cfg = load_config(args.config, [a for a in args.args if "=" in a], task="finetune")  # classifiers only
     metrics = evaluate_checkpoint(checkpoints, cfg)
     metrics.pop("per_class_ap", None)
     text = json.dumps(metrics, indent=2)
@@ -122,7 +115,7 @@ def cmd_prepare(args) -> int:
 def cmd_stats(args) -> int:
     from ssast.data.loader import compute_dataset_stats
 
-    cfg = _load(args)
+    cfg = _load(args, task="finetune")  # reads the data only: no pretraining (masking) checks
     mean, std = compute_dataset_stats(cfg, split="train")
     print(json.dumps({"norm_mean": mean, "norm_std": std}))
     print(f"use: audio.norm_mean={mean:.7g} audio.norm_std={std:.7g}", file=sys.stderr)
