@@ -4,6 +4,7 @@ side of the options; errors say whether the value came from the config file or t
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ssast.demo import make_corpus
 from test_cli import TINY, run
@@ -78,3 +79,14 @@ def test_errors_name_where_the_value_came_from(tmp_path, capsys):
     line = one_line_error(capsys, "pretrain", "-c", cfg, "--dry-run", "audio.target_length=256")
     assert "model.input_tdim=512" in line and "audio.target_length=256" in line
     assert line.endswith(f"(in {cfg}, with the command-line override audio.target_length=256)")
+
+
+# --- 5b: a GPU asked for where there is none ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_device_without_a_gpu(device, corpus, tmp_path, capsys):
+    line = one_line_error(capsys, "pretrain", *PRETRAIN, f"data.train=[{corpus.pool}]", "train.steps=1",
+                          f"train.device={device}", f"train.run_dir={tmp_path / 'r'}")
+    assert f"train.device={device}" in line and "no CUDA device" in line and "train.device=cpu" in line
