@@ -3,9 +3,12 @@ invalid numbers, a missing GPU, unusable data, files that are not checkpoints, u
 side of the options; errors say whether the value came from the config file or the command line."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from conftest import make_wav
 from ssast.demo import make_corpus
 from test_cli import TINY, run
 
@@ -90,3 +93,39 @@ def test_cuda_device_without_a_gpu(device, corpus, tmp_path, capsys):
     line = one_line_error(capsys, "pretrain", *PRETRAIN, f"data.train=[{corpus.pool}]", "train.steps=1",
                           f"train.device={device}", f"train.run_dir={tmp_path / 'r'}")
     assert f"train.device={device}" in line and "no CUDA device" in line and "train.device=cpu" in line
+
+
+# --- 5c: statistics of a dataset where no clip is usable ----------------------------------------------------------
+
+
+def test_stats_when_every_clip_is_bad(tmp_path, capsys):
+    (tmp_path / "a.wav").write_bytes(b"")
+    (tmp_path / "b.wav").write_bytes(b"")
+    lst = tmp_path / "empty.json"
+    lst.write_text(json.dumps({"data": [{"wav": "a.wav"}, {"wav": "b.wav"}]}))
+    line = one_line_error(capsys, "stats", *TINY, f"data.train=[{lst}]")
+    assert str(lst) in line and "skipped 2 of 2 clips" in line and "2 empty" in line and "a.wav" in line
+
+    silent = tmp_path / "silent"
+    for i in range(3):
+        make_wav(silent / f"s{i}.wav", 0.5, amp=0.0)
+    line = one_line_error(capsys, "stats", *TINY, f"data.train=[{silent}]")
+    assert str(silent) in line and "skipped 3 of 3 clips" in line and "3 silent" in line
+
+
+def test_stats_of_an_unlabelled_folder_with_a_finetuning_config(corpus, capsys):
+    """Statistics read audio only: a folder is fine even where fine-tuning would need labels."""
+    code, out, err = run(capsys, "stats", *TINY, "task=finetune", f"data.label_csv={corpus.labels}",
+                         f"data.train=[{corpus.root / 'audio'}]")
+    assert code == 0, err
+    assert json.loads(out)["norm_std"] > 0
+
+
+# --- 5d: fine-tuning on a folder of audio (no labels) -------------------------------------------------------------
+
+
+def test_finetune_on_an_unlabelled_folder(corpus, tmp_path, capsys):
+    folder = corpus.root / "audio"
+    line = one_line_error(capsys, "finetune", *TINY, f"data.train=[{folder}]", f"data.label_csv={corpus.labels}",
+                          "train.epochs=1", f"train.run_dir={tmp_path / 'r'}")
+    assert str(folder) in line and "labelled JSON clip list" in line
