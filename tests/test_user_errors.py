@@ -4,6 +4,8 @@ side of the options; errors say whether the value came from the config file or t
 from __future__ import annotations
 
 import json
+import os
+import pickle
 
 import pytest
 import torch
@@ -129,3 +131,32 @@ def test_finetune_on_an_unlabelled_folder(corpus, tmp_path, capsys):
     line = one_line_error(capsys, "finetune", *TINY, f"data.train=[{folder}]", f"data.label_csv={corpus.labels}",
                           "train.epochs=1", f"train.run_dir={tmp_path / 'r'}")
     assert str(folder) in line and "labelled JSON clip list" in line
+
+
+# --- 5e: a file that is not a checkpoint, for model.init or import-checkpoint -----------------------------------
+
+
+def _not_a_checkpoint(path, kind: str) -> None:
+    if kind == "random bytes":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "pickled dict":
+        path.write_bytes(pickle.dumps({"epoch": 3, "names": ["a", "b"]}, protocol=4))
+    elif kind == "text":
+        path.write_text("these are not weights\n")
+    else:  # a readable PyTorch file, but of something else
+        torch.save({"optimizer": {"lr": 0.1}, "step": 7}, path)
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "pickled dict", "text", "torch dict"])
+@pytest.mark.parametrize("command", ["import-checkpoint", "finetune"])
+def test_a_file_that_is_not_a_checkpoint(command, kind, corpus, tmp_path, capsys):
+    bad = tmp_path / "x.pth"
+    _not_a_checkpoint(bad, kind)
+    if command == "import-checkpoint":
+        line = one_line_error(capsys, "import-checkpoint", bad, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+    else:
+        line = one_line_error(capsys, "finetune", *TINY, f"data.train=[{corpus.train}]",
+                              f"data.label_csv={corpus.labels}", "train.epochs=1", f"train.run_dir={tmp_path / 'r'}",
+                              f"model.init={bad}")
+    assert str(bad) in line and "SSAST/AST checkpoint" in line
