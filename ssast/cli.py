@@ -41,6 +41,7 @@ def _model_summary(cfg) -> str:
 
 
 def cmd_train(args) -> int:
+    from ssast.atomic import check_output
     from ssast.config import dump_config, load_config
     from ssast.train.engine import train
 
@@ -49,6 +50,7 @@ def cmd_train(args) -> int:
         cfg = load_config(cfg_path, args.overrides, task=args.command)
     else:
         cfg = _load(args, task=args.command)
+    check_output(cfg.train.run_dir, folder=True, what="train.run_dir")
     if args.dry_run:
         print(dump_config(cfg))
         print(_model_summary(cfg))
@@ -71,6 +73,10 @@ def cmd_evaluate(args) -> int:
 
         raise ConfigError("evaluate: name at least one checkpoint folder")
     cfg = load_config(args.config, [a for a in args.args if "=" in a], task="finetune")  # classifiers only
+    if args.out:
+        from ssast.atomic import check_output
+
+        check_output(args.out, folder=False, what="--out")
     metrics = evaluate_checkpoint(checkpoints, cfg)
     metrics.pop("per_class_ap", None)
     text = json.dumps(metrics, indent=2)
@@ -95,16 +101,20 @@ def cmd_predict(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from ssast.atomic import check_output
     from ssast.inference import embed_files
 
+    check_output(args.out, folder=True, what="--out")
     written = embed_files(args.checkpoint, args.files, args.out, tokens=args.tokens, device=args.device)
     print(f"wrote {len(written)} embeddings to {args.out}")
     return 0
 
 
 def cmd_prepare(args) -> int:
+    from ssast.atomic import check_output
     from ssast.data.shards import prepare_shards
 
+    check_output(args.out, folder=True, what="output folder")
     index = prepare_shards(args.source, args.out, shard_size=args.shard_size, workers=args.workers,
                            label_csv=args.label_csv, strict=args.strict)
     print(f"wrote {len(index['shards'])} shards, {index['num_clips']} clips, "
@@ -134,8 +144,10 @@ def cmd_import(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from ssast.atomic import check_output
     from ssast.compare import compare_runs
 
+    check_output(args.out, folder=True, what="--out")
     table, png = compare_runs(args.runs, args.out)
     print(table)
     print(f"curves: {png}")

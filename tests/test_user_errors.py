@@ -9,8 +9,11 @@ import pickle
 
 import pytest
 import torch
+import yaml
 
 from conftest import make_wav
+from ssast.cli import main
+from ssast.config import apply_overrides
 from ssast.demo import make_corpus
 from test_cli import TINY, run
 
@@ -160,3 +163,91 @@ def test_a_file_that_is_not_a_checkpoint(command, kind, corpus, tmp_path, capsys
                               f"data.label_csv={corpus.labels}", "train.epochs=1", f"train.run_dir={tmp_path / 'r'}",
                               f"model.init={bad}")
     assert str(bad) in line and "SSAST/AST checkpoint" in line
+
+
+# --- 5f: outputs that cannot be written are refused before any work ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finetuned(corpus, tmp_path_factory):
+    """A one-epoch tiny fine-tuning run (final model and one step checkpoint) and a config file for it."""
+    root = tmp_path_factory.mktemp("ft")
+    cfg = root / "finetune.yaml"
+    cfg.write_text(yaml.safe_dump(apply_overrides({"task": "finetune"}, [*TINY, f"data.label_csv={corpus.labels}"])))
+    run_dir = root / "run"
+    args = ["finetune", "-c", cfg, f"data.train=[{corpus.train}]", "train.epochs=1", f"train.run_dir={run_dir}"]
+    assert main([str(a) for a in args]) == 0
+    return run_dir, cfg
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Make every command's real work fail loudly, so a passing test shows the check came first."""
+    import ssast.compare
+    import ssast.data.shards
+    import ssast.inference
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the command started its work before checking its output path")
+
+    for module, name in ((ssast.inference, "embed_files"), (ssast.inference, "evaluate_checkpoint"),
+                         (ssast.data.shards, "prepare_shards"), (ssast.compare, "compare_runs")):
+        monkeypatch.setattr(module, name, forbidden)
+
+
+def _output_commands(finetuned, corpus, out) -> dict[str, list]:
+    run_dir, cfg = finetuned
+    wav = next((corpus.root / "audio").glob("test_*.wav"))
+    return {
+        "embed": ["embed", run_dir / "final", wav, "--out", out],
+        "prepare": ["prepare", corpus.pool, out],
+        "compare": ["compare", run_dir, "--out", out],
+        "evaluate": ["evaluate", run_dir / "final", f"data.test=[{corpus.test}]", "-c", cfg, "--out", out],
+    }
+
+
+@pytest.mark.parametrize("command", ["embed", "prepare", "compare", "evaluate"])
+def test_output_under_a_regular_file(command, finetuned, corpus, tmp_path, capsys, no_work):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    out = blocker / "sub" / ("m.json" if command == "evaluate" else "out")
+    line = one_line_error(capsys, *_output_commands(finetuned, corpus, out)[command])
+    assert str(out) in line and f"{blocker} is a file" in line
+
+
+@pytest.mark.parametrize("command", ["embed", "prepare", "compare"])
+def test_output_folder_that_is_a_file(command, finetuned, corpus, tmp_path, capsys, no_work):
+    out = tmp_path / "taken"
+    out.write_text("already here")
+    line = one_line_error(capsys, *_output_commands(finetuned, corpus, out)[command])
+    assert str(out) in line and "is a file" in line
+    assert out.read_text() == "already here"
+
+
+@pytest.mark.parametrize("command", ["embed", "prepare", "compare", "evaluate"])
+def test_output_in_an_unwritable_place(command, finetuned, corpus, tmp_path, capsys, monkeypatch, no_work):
+    # Tests run as root, which ignores permission bits: simulate a read-only folder through os.access.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: str(p) != str(locked) and real_access(p, mode, **kw))
+    out = locked / ("m.json" if command == "evaluate" else "out")
+    line = one_line_error(capsys, *_output_commands(finetuned, corpus, out)[command])
+    assert str(out) in line and "not writable" in line
+
+
+def test_evaluate_out_that_is_a_folder(finetuned, corpus, tmp_path, capsys, no_work):
+    line = one_line_error(capsys, *_output_commands(finetuned, corpus, tmp_path)["evaluate"])
+    assert f"--out {tmp_path}" in line and "is a folder" in line
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_run_dir_that_is_a_file(command, dry_run, corpus, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.write_text("not a run")
+    data = [f"data.train=[{corpus.pool}]", "train.steps=1"] if command == "pretrain" else [
+        f"data.train=[{corpus.train}]", f"data.label_csv={corpus.labels}", "train.epochs=1"]
+    line = one_line_error(capsys, command, *dry_run, *PRETRAIN, *data, f"train.run_dir={run_dir}")
+    assert f"train.run_dir {run_dir}" in line and "is a file" in line
+    assert run_dir.read_text() == "not a run"
