@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ssast import __version__
 
-EPILOG_OVERRIDES = "Dotted overrides after the options set any config key, e.g. optim.lr=2e-4 data.batch_size=12."
+EPILOG_OVERRIDES = ("Dotted overrides, before or after the options, set any config key, "
+                    "e.g. optim.lr=2e-4 data.batch_size=12.")
 
 
 def _load(args, task: str | None = None):
@@ -20,6 +21,7 @@ def _load(args, task: str | None = None):
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML config (only what differs from the defaults)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.set_defaults(positionals="overrides")
 
 
 def _model_summary(cfg) -> str:
@@ -179,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="+", metavar="CHECKPOINT_OR_KEY=VALUE",
                    help="checkpoint folder(s) (several are ensembled: mean probabilities) and dotted overrides")
     p.add_argument("--out", help="write the metrics JSON here too")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, positionals="args")
 
     for name, text in (("predict", "top-k labels for audio files"), ("embed", "clip or token embeddings to .npy")):
         p = sub.add_parser(name, help=text)
@@ -246,8 +248,24 @@ def user_errors() -> tuple[type, ...]:
 NO_MODEL_COMMANDS = ("compare",)
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse like argparse, but let checkpoints and overrides stand on either side of the options.
+
+    argparse fills a list positional from the first run of arguments only (``CKPT -c FILE key=value`` leaves
+    ``key=value`` unrecognised), and its intermixed parsing refuses subcommands; so the leftovers are appended here.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    into = getattr(args, "positionals", None)
+    if extra and (into is None or any(a.startswith("-") for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        setattr(args, into, list(getattr(args, into) or []) + extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from ssast.environment import EnvironmentMismatch, require
 
     try:

@@ -251,3 +251,38 @@ def test_run_dir_that_is_a_file(command, dry_run, corpus, tmp_path, capsys):
     line = one_line_error(capsys, command, *dry_run, *PRETRAIN, *data, f"train.run_dir={run_dir}")
     assert f"train.run_dir {run_dir}" in line and "is a file" in line
     assert run_dir.read_text() == "not a run"
+
+
+# --- 7: the README's command forms: checkpoints and overrides on either side of the options ----------------------
+
+
+def test_evaluate_as_the_readme_writes_it(finetuned, corpus, tmp_path, capsys):
+    run_dir, cfg = finetuned
+    step = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    # ssast evaluate RUN/final [RUN/checkpoints/step-N ...] -c CONFIG data.test=[list.json]
+    code, out, err = run(capsys, "evaluate", run_dir / "final", step, "-c", cfg, f"data.test=[{corpus.test}]")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["ensemble_of"] == 2 and [s["checkpoint"] for s in metrics["single"]] == [
+        str(run_dir / "final"), str(step)]
+    # a checkpoint after the options too, and --out in between
+    code, out, err = run(capsys, "evaluate", run_dir / "final", "-c", cfg, "--out", tmp_path / "m.json", step,
+                         f"data.test=[{corpus.test}]")
+    assert code == 0, err
+    assert json.loads((tmp_path / "m.json").read_text())["ensemble_of"] == 2
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_overrides_before_and_after_the_config(command, finetuned, tmp_path, capsys):
+    _, cfg = finetuned
+    code, out, err = run(capsys, command, "optim.lr=3e-4", "-c", cfg, "--dry-run", "data.batch_size=5",
+                         "model.mask_patch=0.5", f"train.run_dir={tmp_path / 'r'}")
+    assert code == 0, err
+    dumped = yaml.safe_load(out.split("\nmodel: ")[0])
+    assert dumped["task"] == command and dumped["optim"]["lr"] == 3e-4 and dumped["data"]["batch_size"] == 5
+
+
+def test_unknown_options_are_still_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        run(capsys, "pretrain", "--dry-run", "--no-such-option", *TINY)
+    assert e.value.code == 2 and "unrecognized arguments: --no-such-option" in capsys.readouterr().err
