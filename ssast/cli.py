@@ -8,18 +8,20 @@ from pathlib import Path
 
 from ssast import __version__
 
-EPILOG_OVERRIDES = "Dotted overrides after the options set any config key, e.g. optim.lr=2e-4 data.batch_size=12."
+EPILOG_OVERRIDES = ("Dotted overrides, before or after the options, set any config key, "
+                    "e.g. optim.lr=2e-4 data.batch_size=12.")
 
 
-def _load(args):
+def _load(args, task: str | None = None):
     from ssast.config import load_config
 
-    return load_config(args.config, args.overrides)
+    return load_config(args.config, args.overrides, task=task)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML config (only what differs from the defaults)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.set_defaults(positionals="overrides")
 
 
 def _model_summary(cfg) -> str:
@@ -41,21 +43,16 @@ def _model_summary(cfg) -> str:
 
 
 def cmd_train(args) -> int:
+    from ssast.atomic import check_output
     from ssast.config import dump_config, load_config
     from ssast.train.engine import train
 
     if args.resume and not args.config:
         cfg_path = Path(args.resume) / "config.yaml"
-        cfg = load_config(cfg_path, args.overrides)
+        cfg = load_config(cfg_path, args.overrides, task=args.command)
     else:
-        cfg = _load(args)
-    if cfg.task != args.command:
-        from dataclasses import replace
-
-        cfg = replace(cfg, task=args.command)
-        from ssast.config import validate
-
-        validate(cfg)
+        cfg = _load(args, task=args.command)
+    check_output(cfg.train.run_dir, folder=True, what="train.run_dir")
     if args.dry_run:
         print(dump_config(cfg))
         print(_model_summary(cfg))
@@ -77,7 +74,11 @@ def cmd_evaluate(args) -> int:
         from ssast.config import ConfigError
 
         raise ConfigError("evaluate: name at least one checkpoint folder")
-    cfg = load_config(args.config, [a for a in args.args if "=" in a])
+    cfg = load_config(args.config, [a for a in args.args if "=" in a], task="finetune")  # classifiers only
+    if args.out:
+        from ssast.atomic import check_output
+
+        check_output(args.out, folder=False, what="--out")
     metrics = evaluate_checkpoint(checkpoints, cfg)
     metrics.pop("per_class_ap", None)
     text = json.dumps(metrics, indent=2)
@@ -102,16 +103,20 @@ def cmd_predict(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from ssast.atomic import check_output
     from ssast.inference import embed_files
 
+    check_output(args.out, folder=True, what="--out")
     written = embed_files(args.checkpoint, args.files, args.out, tokens=args.tokens, device=args.device)
     print(f"wrote {len(written)} embeddings to {args.out}")
     return 0
 
 
 def cmd_prepare(args) -> int:
+    from ssast.atomic import check_output
     from ssast.data.shards import prepare_shards
 
+    check_output(args.out, folder=True, what="output folder")
     index = prepare_shards(args.source, args.out, shard_size=args.shard_size, workers=args.workers,
                            label_csv=args.label_csv, strict=args.strict)
     print(f"wrote {len(index['shards'])} shards, {index['num_clips']} clips, "
@@ -127,7 +132,7 @@ def cmd_prepare(args) -> int:
 def cmd_stats(args) -> int:
     from ssast.data.loader import compute_dataset_stats
 
-    cfg = _load(args)
+    cfg = _load(args, task="finetune")  # reads the data only: no pretraining (masking) checks
     mean, std = compute_dataset_stats(cfg, split="train")
     print(json.dumps({"norm_mean": mean, "norm_std": std}))
     print(f"use: audio.norm_mean={mean:.7g} audio.norm_std={std:.7g}", file=sys.stderr)
@@ -146,8 +151,10 @@ def cmd_import(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from ssast.atomic import check_output
     from ssast.compare import compare_runs
 
+    check_output(args.out, folder=True, what="--out")
     table, png = compare_runs(args.runs, args.out)
     print(table)
     print(f"curves: {png}")
@@ -179,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="+", metavar="CHECKPOINT_OR_KEY=VALUE",
                    help="checkpoint folder(s) (several are ensembled: mean probabilities) and dotted overrides")
     p.add_argument("--out", help="write the metrics JSON here too")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, positionals="args")
 
     for name, text in (("predict", "top-k labels for audio files"), ("embed", "clip or token embeddings to .npy")):
         p = sub.add_parser(name, help=text)
@@ -246,8 +253,24 @@ def user_errors() -> tuple[type, ...]:
 NO_MODEL_COMMANDS = ("compare",)
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse like argparse, but let checkpoints and overrides stand on either side of the options.
+
+    argparse fills a list positional from the first run of arguments only (``CKPT -c FILE key=value`` leaves
+    ``key=value`` unrecognised), and its intermixed parsing refuses subcommands; so the leftovers are appended here.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    into = getattr(args, "positionals", None)
+    if extra and (into is None or any(a.startswith("-") for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        setattr(args, into, list(getattr(args, into) or []) + extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from ssast.environment import EnvironmentMismatch, require
 
     try:

@@ -1,23 +1,32 @@
 """Typed run configuration: dataclasses, YAML loading, dotted command-line overrides and validation.
 
 A YAML file only states what differs from the defaults below. Unknown keys, wrong types and impossible
-combinations raise :class:`ConfigError`, whose message names the key (and the file it came from).
+combinations raise :class:`ConfigError`, whose message names the key and where its value came from: the file, or the
+command-line override.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
 
 
 class ConfigError(ValueError):
-    """A user error in a configuration: the message names the key and, when known, the file."""
+    """A user error in a configuration: the message names the key and, when known, the file.
+
+    ``keys`` are the dotted keys whose values caused it, so :func:`load_config` can say where they were set.
+    """
+
+    def __init__(self, message: str, keys: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.keys = tuple(keys)
 
 
 # Sizes of the released models (DeiT layout): dim, depth, heads.
@@ -207,27 +216,27 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}", [key])
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}", [key])
         return value
     if origin is list:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value] if not isinstance(value, str) or "," not in value else value.split(",")
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}", [key])
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}", [key])
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {value!r}", [key])
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -236,13 +245,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {value!r}", [key])
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {value!r}", [key])
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover - internal
@@ -253,14 +262,14 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}", [prefix])
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
-            f"unknown key {where}{unknown[0]}; valid keys here: {', '.join(sorted(names))}"
+            f"unknown key {where}{unknown[0]}; valid keys here: {', '.join(sorted(names))}", [f"{where}{unknown[0]}"]
         )
     kwargs = {}
     for name, value in data.items():
@@ -298,13 +307,17 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML file (optional), apply dotted overrides, validate. Errors name the key and the file."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, task: str | None = None
+) -> Config:
+    """Load a YAML file (optional), apply dotted overrides, validate. Errors name the key and where it was set.
+
+    ``task`` (the command being run) replaces the file's task, so the checks are those of the run that follows.
+    """
     data: dict = {}
-    where = ""
+    overrides = list(overrides or [])
     if path is not None:
         p = Path(path)
-        where = f" (in {p})"
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
@@ -313,66 +326,166 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    merged = apply_overrides(data, overrides)  # its errors quote the override itself
+    if task is not None:
+        merged["task"] = task
     try:
-        cfg = from_dict(Config, apply_overrides(data, overrides or []))
+        cfg = from_dict(Config, merged)
         validate(cfg)
     except ConfigError as e:
-        raise ConfigError(f"{e}{where}") from None
+        raise ConfigError(f"{e}{_origin(e.keys, data, path, overrides)}", e.keys) from None
     return cfg
 
 
+def _origin(keys: Sequence[str], data: dict, path: str | Path | None, overrides: list[str]) -> str:
+    """Where the values behind an error came from: " (in FILE)", " (from the command-line override K=V)" or both."""
+    set_by: dict[str, str] = {}
+    for item in overrides:
+        set_by[item.split("=", 1)[0].strip()] = item  # a later override of the same key wins
+
+    def override_of(key: str) -> str | None:
+        hits = [item for k, item in set_by.items() if key == k or key.startswith(k + ".") or k.startswith(key + ".")]
+        return hits[-1] if hits else None
+
+    def in_file(key: str) -> bool:
+        node: Any = data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    items: list[str] = []
+    from_file = False
+    for key in (k.split("[", 1)[0] for k in keys):  # optim.betas[0] was set as optim.betas
+        item = override_of(key)
+        if item is not None:
+            items += [item] if item not in items else []
+        elif path is not None and in_file(key):
+            from_file = True
+    if not items and not from_file:  # no key named, or only defaults involved: every source may have contributed
+        from_file = path is not None
+        if overrides and from_file:
+            return f" (in {path}, with command-line overrides)"
+        return f" (in {path})" if from_file else ""
+    said = f"the command-line override{'s' if len(items) > 1 else ''} {', '.join(items)}"
+    if from_file:
+        return f" (in {path}, with {said})" if items else f" (in {path})"
+    return f" (from {said})"
+
+
+def _check_mask_fits(m: ModelConfig) -> None:
+    """model.mask_patch against the token grid: the model needs 1 <= masked < tokens (one token left to see)."""
+    from ssast.models.masking import num_masked  # lazy: the model code is only needed to check pretraining
+    from ssast.models.tokenizer import grid_shape
+
+    keys = ["model.mask_patch", "model.input_fdim", "model.input_tdim", "model.fshape", "model.tshape"]
+    f, t = grid_shape(m.input_fdim, m.input_tdim, m.fshape, m.tshape, m.fstride, m.tstride)
+    try:
+        count = num_masked(m.mask_patch, f * t)
+    except ValueError as e:  # more tokens than the grid has, no token at all, or not a whole count
+        raise ConfigError(str(e), keys) from None
+    if count == f * t:
+        raise ConfigError(
+            f"model.mask_patch={m.mask_patch:g} masks all {f * t} tokens of the {f}x{t} grid, so the model sees "
+            f"none of the input; leave at least one visible (at most {f * t - 1}, or a fraction below 1)", keys
+        )
+
+
+def _minimums(cfg: Config) -> list[tuple[str, float, float]]:
+    """(key, value, smallest allowed value) of the settings that only make sense from some number up."""
+    o, t = cfg.optim, cfg.train
+    checks = [
+        ("data.batch_size", cfg.data.batch_size, 1),
+        ("optim.accum_steps", o.accum_steps, 1),
+        ("optim.warmup_steps", o.warmup_steps, 0),
+        ("optim.weight_decay", o.weight_decay, 0),
+        ("optim.grad_clip", o.grad_clip, 0),
+        ("train.log_every", t.log_every, 1),
+        ("train.ckpt_every", t.ckpt_every, 1),
+        ("train.keep_last", t.keep_last, 1),  # the newest checkpoint is always kept (resume needs it)
+        ("train.max_bad_steps", t.max_bad_steps, 1),
+        ("train.eval_every", t.eval_every, 0),
+        ("train.image_every", t.image_every, 0),
+    ]
+    if o.schedule == "step":
+        checks.append(("optim.step_every", o.step_every, 1))
+    if o.schedule == "plateau":
+        checks.append(("optim.plateau_every", o.plateau_every, 1))
+    return checks
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks: impossible combinations name the keys involved."""
+    """Cross-field checks and impossible values: the message names the keys involved and the value given."""
     m = cfg.model
     if m.size == "custom" and not (m.dim and m.depth and m.heads):
-        raise ConfigError("model.size=custom needs model.dim, model.depth and model.heads")
+        raise ConfigError("model.size=custom needs model.dim, model.depth and model.heads",
+                          ["model.size", "model.dim", "model.depth", "model.heads"])
     r = m.resolved()
     if r.dim % r.heads:
-        raise ConfigError(f"model.dim={r.dim} is not divisible by model.heads={r.heads}")
+        raise ConfigError(f"model.dim={r.dim} is not divisible by model.heads={r.heads}",
+                          ["model.size", "model.dim", "model.heads"])
     if m.num_prefix not in (1, 2):
-        raise ConfigError(f"model.num_prefix must be 1 or 2, got {m.num_prefix}")
+        raise ConfigError(f"model.num_prefix must be 1 or 2, got {m.num_prefix}", ["model.num_prefix"])
     if m.fshape > m.input_fdim or m.tshape > m.input_tdim:
         raise ConfigError(
             f"model.fshape/tshape ({m.fshape}x{m.tshape}) larger than the input "
-            f"({m.input_fdim}x{m.input_tdim})"
+            f"({m.input_fdim}x{m.input_tdim})",
+            ["model.fshape", "model.tshape", "model.input_fdim", "model.input_tdim"],
         )
     if m.input_fdim != cfg.audio.num_mel_bins:
         raise ConfigError(
-            f"model.input_fdim={m.input_fdim} differs from audio.num_mel_bins={cfg.audio.num_mel_bins}"
+            f"model.input_fdim={m.input_fdim} differs from audio.num_mel_bins={cfg.audio.num_mel_bins}",
+            ["model.input_fdim", "audio.num_mel_bins"],
         )
     if m.input_tdim != cfg.audio.target_length:
         raise ConfigError(
-            f"model.input_tdim={m.input_tdim} differs from audio.target_length={cfg.audio.target_length}"
+            f"model.input_tdim={m.input_tdim} differs from audio.target_length={cfg.audio.target_length}",
+            ["model.input_tdim", "audio.target_length"],
         )
     if cfg.task == "pretrain":
         if r.fstride != r.fshape or r.tstride != r.tshape:
             raise ConfigError(
-                "model.fstride/tstride: pretraining needs non-overlapping patches (stride = patch shape)"
+                "model.fstride/tstride: pretraining needs non-overlapping patches (stride = patch shape)",
+                ["model.fstride", "model.tstride", "model.fshape", "model.tshape"],
             )
         if m.is_frame and m.mask_mode == "cluster":
-            raise ConfigError("model.mask_mode=cluster: frame models mask at random (clusters hurt them)")
+            raise ConfigError("model.mask_mode=cluster: frame models mask at random (clusters hurt them)",
+                              ["model.mask_mode", "model.fshape", "model.tshape"])
         if m.mask_patch <= 0:
-            raise ConfigError("model.mask_patch must be positive (a count, or a fraction below 1)")
+            raise ConfigError(f"model.mask_patch must be positive (a count, or a fraction below 1), got {m.mask_patch}",
+                              ["model.mask_patch"])
+        _check_mask_fits(r)
         if m.nce_weight <= 0 and m.mse_weight <= 0:
-            raise ConfigError("model.nce_weight and model.mse_weight are both 0: nothing to train")
+            raise ConfigError("model.nce_weight and model.mse_weight are both 0: nothing to train",
+                              ["model.nce_weight", "model.mse_weight"])
         if m.two_pass and m.pretrain_encoder == "visible":
-            raise ConfigError("model.two_pass applies to pretrain_encoder=all only")
+            raise ConfigError("model.two_pass applies to pretrain_encoder=all only",
+                              ["model.two_pass", "model.pretrain_encoder"])
         if any(c < 1 for c in m.cluster_sizes) or not m.cluster_sizes:
-            raise ConfigError("model.cluster_sizes must be a non-empty list of positive sizes")
+            raise ConfigError("model.cluster_sizes must be a non-empty list of positive sizes", ["model.cluster_sizes"])
     if cfg.data.train_weights and len(cfg.data.train_weights) != len(cfg.data.train):
         raise ConfigError(
-            f"data.train_weights has {len(cfg.data.train_weights)} entries for {len(cfg.data.train)} sources"
+            f"data.train_weights has {len(cfg.data.train_weights)} entries for {len(cfg.data.train)} sources",
+            ["data.train_weights", "data.train"],
         )
-    if cfg.data.batch_size < 1:
-        raise ConfigError("data.batch_size must be at least 1")
-    if cfg.optim.accum_steps < 1:
-        raise ConfigError("optim.accum_steps must be at least 1")
+    for key, value, low in _minimums(cfg):
+        if not value >= low:  # also catches NaN
+            raise ConfigError(f"{key} must be at least {low}, got {value}", [key])
+    if not (math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0):
+        raise ConfigError(f"optim.lr must be a positive number, got {cfg.optim.lr}", ["optim.lr"])
     if len(cfg.optim.betas) != 2:
-        raise ConfigError("optim.betas needs two values")
+        raise ConfigError("optim.betas needs two values", ["optim.betas"])
     if cfg.train.wa_start and cfg.train.wa_end < cfg.train.wa_start:
-        raise ConfigError("train.wa_end must not be before train.wa_start")
-    if not 0 <= cfg.augment.mixup <= 1:
-        raise ConfigError("augment.mixup is a probability in [0, 1]")
+        raise ConfigError("train.wa_end must not be before train.wa_start", ["train.wa_start", "train.wa_end"])
+    a = cfg.augment
+    if not 0 <= a.mixup <= 1:
+        raise ConfigError(f"augment.mixup is a probability in [0, 1], got {a.mixup}", ["augment.mixup"])
+    if a.mixup > 0 and not (math.isfinite(a.mixup_alpha) and a.mixup_alpha > 0):
+        raise ConfigError(
+            f"augment.mixup_alpha must be positive when augment.mixup > 0 (lambda ~ Beta(alpha, alpha)), "
+            f"got {a.mixup_alpha}", ["augment.mixup_alpha", "augment.mixup"]
+        )
 
 
 def dump_config(cfg: Config) -> str:

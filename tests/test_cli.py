@@ -137,7 +137,7 @@ def test_import_checkpoint_cli(tmp_path, capsys):
 def test_missing_data_file_is_reported_before_training(tmp_path, capsys):
     lst = tmp_path / "list.json"
     lst.write_text(json.dumps({"data": [{"wav": "nope1.wav"}, {"wav": "nope2.wav"}]}))
-    code, _, err = run(capsys, "pretrain", *TINY, f"data.train=[{lst}]", "train.steps=2",
+    code, _, err = run(capsys, "pretrain", *TINY, f"data.train=[{lst}]", "train.steps=2", "model.mask_patch=0.5",
                        f"train.run_dir={tmp_path / 'r'}")
     assert code == 2 and "nope1.wav" in err and "2" in err
 

@@ -312,6 +312,11 @@ def _map_dataset(cfg: Config, source: str, kind: str, labels: LabelSet | None, t
             clips = [c for c in clips if c.path not in gone]
         clip_labels = labels
     else:
+        if labels is not None and cfg.task == "finetune":  # caught here, not as a TypeError at the first loss
+            raise DataError(
+                f"data source {source}: a folder of audio has no labels, but fine-tuning needs them; give a labelled "
+                "JSON clip list ({\"wav\": ..., \"labels\": ...}) or shards packed from one (ssast prepare)"
+            )
         clips = list_audio_folder(source)
         clip_labels = None  # a folder has no labels
     mixup = cfg.augment.mixup if cfg.augment.mixup_partner == "dataset" and cfg.augment.mixup_domain == "wave" else 0
@@ -468,13 +473,23 @@ def build_loader(
 
 def compute_dataset_stats(cfg: Config, split: str = "train") -> tuple[float, float]:
     """Mean and std of the split's fbank values, without augmentation (for audio.norm_mean / norm_std)."""
+    from ssast.audio.fbank import FeatureError
     from ssast.audio.stats import fbank_stats  # lazy: features are not needed to build loaders
 
     cfg = copy.deepcopy(cfg)
     cfg.augment.mixup = 0.0
+    cfg.data.label_csv = ""  # statistics need audio only (so unlabelled folders are fine for any task)
     loader = build_loader(cfg, split, train=False)
     loader.set_epoch(0)
-    mean, std = fbank_stats(((b["wave"], b["num_frames"]) for b in loader), cfg.audio)
+    try:
+        mean, std = fbank_stats(((b["wave"], b["num_frames"]) for b in loader), cfg.audio)
+    except FeatureError:  # no usable frame at all: say which clips were tried and why they were left out
+        sources = ", ".join(getattr(cfg.data, split))
+        rest = "the others are shorter than one 25 ms window" if loader.seen > sum(loader.skipped.values()) else (
+            "fix or remove these clips")
+        raise DataError(
+            f"data.{split} ({sources}): no usable audio to compute statistics from: {loader.skip_summary()}; {rest}"
+        ) from None
     if sum(loader.skipped.values()):
         warnings.warn(loader.skip_summary(), stacklevel=2)
     return float(mean), float(std)

@@ -20,7 +20,13 @@ from typing import Mapping, Optional
 import torch
 
 from ssast.config import MODEL_SIZES, ModelConfig
-from ssast.models.checkpoint import CheckpointError, build_model, read_checkpoint_meta, save_checkpoint
+from ssast.models.checkpoint import (
+    CheckpointError,
+    build_model,
+    load_torch_file,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
 from ssast.models.classifier import load_state_strict
 from ssast.models.posembed import WeightMismatchError
 from ssast.models.tokenizer import grid_shape
@@ -198,10 +204,7 @@ def load_authors_file(
     src_pth = Path(src_pth)
     if not src_pth.is_file():
         raise CheckpointError(f"{src_pth}: file not found")
-    try:
-        obj = torch.load(src_pth, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and weights-only errors all mean the same thing to the user
-        raise CheckpointError(f"{src_pth}: not a readable PyTorch weights file ({type(e).__name__}: {e})") from None
+    obj = load_torch_file(src_pth, "an SSAST/AST checkpoint as the authors released it (a .pth state dict of tensors)")
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{src_pth}: not a state dict of tensors, so not an SSAST/AST checkpoint")
     try:

@@ -19,9 +19,11 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -254,6 +256,32 @@ def load_pretrained(path: str | Path, *, device: str | torch.device = "cpu") -> 
 # Classifier initialisation
 
 
+def _load_failure(e: Exception) -> str:
+    """The one useful line of a torch.load error (its text runs over several lines of general advice)."""
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it holds Python objects ({found.group(1)}), not only tensors"
+    if "WeightsUnpickler error:" in text:  # e.g. "Unsupported operand 31": not a pickle of tensors at all
+        text = text.split("WeightsUnpickler error:", 1)[1]
+        return next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__).split(". ")[0]
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def load_torch_file(path: str | Path, expected: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file it cannot read is one CheckpointError line that
+    names the file and says what was ``expected`` there."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # noise before the real error
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and weights-only errors all mean the same thing to the user
+        raise CheckpointError(
+            f"{path}: cannot be read as PyTorch weights ({_load_failure(e)}); expected {expected}"
+        ) from None
+
+
 def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """A tensor dict from a .safetensors or (weights-only) PyTorch file; errors name the file."""
     if not path.is_file():
@@ -262,8 +290,10 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             obj: Any = safetensors.torch.load_file(str(path), device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = load_torch_file(path, "a timm DeiT/ViT state dict (.pth, .pt or .safetensors)")
         return unwrap_state(obj)
+    except CheckpointError:
+        raise
     except Exception as e:  # unreadable, not weights-only, or not a tensor dict: one message for the user
         raise CheckpointError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from None
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ssast.config import ConfigError
+
 
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
@@ -107,10 +109,20 @@ def setup_runtime(device: str = "auto", precision: str = "auto", dim: int = 768)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"train.device={device}: not a device name; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is available; use train.device=cpu")
+            raise ConfigError(
+                f"train.device={device}: no CUDA device is visible on this machine; use train.device=cpu or auto"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"train.device={device}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); use one of them or train.device=auto"
+            )
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
