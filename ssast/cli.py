@@ -140,13 +140,18 @@ def cmd_stats(args) -> int:
 
 
 def cmd_import(args) -> int:
+    from ssast.config import DATASET_STATS, ConfigError
     from ssast.models.authors import import_authors_checkpoint
 
+    if (args.norm_mean is None) != (args.norm_std is None):
+        raise ConfigError("--norm-mean and --norm-std go together: give both, or neither (then --stats)")
+    norm = (args.norm_mean, args.norm_std) if args.norm_mean is not None else DATASET_STATS[args.stats]
     meta = import_authors_checkpoint(args.source, args.out, pooling=args.pooling, input_tdim=args.input_tdim,
-                                     fstride=args.fstride, tstride=args.tstride)
+                                     fstride=args.fstride, tstride=args.tstride, norm=norm)
     m = meta["model"]
     print(f"converted {args.source} -> {args.out}: {meta['kind']}, dim {m['dim']}, depth {m['depth']}, "
-          f"patch {m['fshape']}x{m['tshape']} stride {m['fstride']}x{m['tstride']}, {m['input_tdim']} frames")
+          f"patch {m['fshape']}x{m['tshape']} stride {m['fstride']}x{m['tstride']}, {m['input_tdim']} frames, "
+          f"normalisation mean {meta['norm']['mean']:.7g} std {meta['norm']['std']:.7g}")
     return 0
 
 
@@ -224,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-tdim", type=int, help="fine-tuned checkpoints: input frames (default: inferred)")
     p.add_argument("--fstride", type=int)
     p.add_argument("--tstride", type=int)
+    p.add_argument("--stats", choices=["audioset", "esc50", "speechcommands"], default="audioset",
+                   help="normalisation statistics stored with the model (default: audioset, as the authors pretrained)")
+    p.add_argument("--norm-mean", type=float, help="own statistics instead of --stats (with --norm-std)")
+    p.add_argument("--norm-std", type=float)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("compare", help="table and curves of several runs (e.g. patch vs frame)")

@@ -3,6 +3,8 @@
 The reference below re-implements the authors' forward passes from the documented facts (SSAST_FACTS.md and
 issue 2), with their tensor names, in plain PyTorch, independent of timm and of our model code.
 """
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -235,3 +237,35 @@ def test_unrecognisable_files_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="surprise"):
         import_authors_checkpoint(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_imported_checkpoint_carries_its_audio_length_and_statistics(tmp_path, capsys):
+    """`import-checkpoint --input-tdim 256` then `predict`: the checkpoint says how long its input is and how it was
+    normalised, so inference crops to 256 frames with those statistics instead of failing on 1024."""
+    from conftest import make_wav
+
+    from ssast.cli import main
+    from ssast.config import DATASET_STATS
+
+    # 16x16 stride 10 at 256 frames: 12 x 25 = 300 tokens; the length cannot be inferred from 300, so it is given
+    src = tmp_path / "ast_esc50.pth"
+    torch.save(authors_state(16, 1, 16, 16, 300, pretrain=False, num_classes=5), src)
+    out = tmp_path / "converted"
+    assert main(["import-checkpoint", str(src), str(out), "--input-tdim", "256", "--stats", "esc50",
+                 "--fstride", "10", "--tstride", "10"]) == 0
+    assert "normalisation mean -6.626808 std 5.358466" in capsys.readouterr().out
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["extra"]["audio"]["target_length"] == 256
+    assert (meta["norm"]["mean"], meta["norm"]["std"]) == pytest.approx(DATASET_STATS["esc50"])
+    wav = tmp_path / "clip.wav"
+    make_wav(wav, 4.0)  # longer than 256 frames: cropped to the model's window
+    assert main(["predict", str(out), str(wav), "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    assert len(top) == 5 and abs(sum(t["score"] for t in top) - 1) < 1e-4
+
+    # own statistics; one of the pair alone is refused in one line
+    assert main(["import-checkpoint", str(src), str(tmp_path / "own"), "--input-tdim", "256", "--norm-mean", "-5",
+                 "--norm-std", "3"]) == 0
+    assert json.loads((tmp_path / "own" / "model.json").read_text())["norm"] == {"mean": -5.0, "std": 3.0}
+    assert main(["import-checkpoint", str(src), str(tmp_path / "x"), "--norm-mean", "-5"]) == 2
+    assert "--norm-mean and --norm-std go together" in capsys.readouterr().err

@@ -93,6 +93,7 @@ class MapStream(IterableDataset):
         self.world_size = world_size
         self.endless = endless
         self.epoch = 0
+        self.num_clips = len(dataset)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -133,6 +134,12 @@ class WeightedInterleave(IterableDataset):
         self.rank = rank
         self.endless = endless
         self.epoch = 0
+
+    @property
+    def num_clips(self) -> int | None:
+        """Clips in one finite pass over every source (None when a source's count is unknown)."""
+        counts = [getattr(s, "num_clips", None) for s in self.sources]
+        return None if self.endless or None in counts else sum(counts)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -203,8 +210,10 @@ class ClipLoader:
         endless: bool,
         name: str = "data",
         training: bool = False,
+        world_size: int = 1,
     ) -> None:
         self.loader = loader
+        self.world_size = world_size
         self.training = training
         self.sampler = sampler
         self.datasets = list(datasets)
@@ -226,6 +235,13 @@ class ClipLoader:
         if self.sampler is None:
             return None
         return math.ceil(self.sampler.per_rank / self.batch_size)
+
+    def estimated_batches(self) -> int | None:
+        """Batches per epoch on this rank for a finite stream, from the sources' clip counts (None if unknown)."""
+        clips = getattr(self.datasets[0], "num_clips", None) if len(self.datasets) == 1 else None
+        if not clips:
+            return None
+        return max(1, math.ceil(clips / self.world_size / self.batch_size))
 
     def __len__(self) -> int:
         n = self.num_batches
@@ -468,6 +484,7 @@ def build_loader(
         endless=endless and sampler is None,
         name=f"data.{split}",
         training=train,
+        world_size=world_size,
     )
 
 

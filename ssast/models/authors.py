@@ -13,13 +13,14 @@ average the two prefix outputs (``pooling="cls"``); SSAST fine-tuning defaults t
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
 
-from ssast.config import MODEL_SIZES, ModelConfig
+from ssast.config import DATASET_STATS, MODEL_SIZES, AudioConfig, ModelConfig
 from ssast.models.checkpoint import (
     CheckpointError,
     build_model,
@@ -223,8 +224,12 @@ def import_authors_checkpoint(
     tstride: Optional[int] = None,
     input_tdim: Optional[int] = None,
     pooling: str = "mean",
+    norm: Optional[tuple[float, float]] = None,
 ) -> dict:
-    """Convert the authors' ``.pth`` file into our checkpoint directory ``dst_dir``; returns its metadata."""
+    """Convert the authors' ``.pth`` file into our checkpoint directory ``dst_dir``; returns its metadata.
+
+    The checkpoint carries the feature settings inference needs: the model's input length (``audio.target_length``)
+    and the normalisation ``norm`` = (mean, std), by default the AudioSet statistics the authors pretrained with."""
     src_pth = Path(src_pth)
     kind, cfg, state, num_classes = load_authors_file(
         src_pth, fstride=fstride, tstride=tstride, input_tdim=input_tdim, pooling=pooling
@@ -234,5 +239,9 @@ def import_authors_checkpoint(
         load_state_strict(model, state, what=f"{kind} model")
     except WeightMismatchError as e:
         raise CheckpointError(f"{src_pth}: {e}") from None
-    save_checkpoint(dst_dir, model, kind=kind, model_cfg=cfg, extra={"imported_from": src_pth.name})
+    mean, std = norm or DATASET_STATS["audioset"]
+    audio = dataclasses.asdict(AudioConfig(num_mel_bins=cfg.input_fdim, target_length=cfg.input_tdim,
+                                           norm_mean=mean, norm_std=std))
+    save_checkpoint(dst_dir, model, kind=kind, model_cfg=cfg, norm=(mean, std),
+                    extra={"imported_from": src_pth.name, "audio": audio})
     return read_checkpoint_meta(dst_dir)

@@ -230,10 +230,16 @@ class Trainer:
         else:
             if cfg.train.epochs <= 0:
                 raise ConfigError("train.epochs: fine-tuning needs a positive number of epochs")
-            if not self.batches_per_epoch:
-                raise ConfigError("data.train: fine-tuning needs a finite training set (not resampled shards)")
-            self.total_steps = cfg.train.epochs * max(1, self.batches_per_epoch // accum)
-            steps_per_unit = max(1, self.batches_per_epoch // accum)
+            # Shard streams have no exact length: an epoch ends when the shards do, and the schedule uses the count
+            # that index.json gives (class-balanced repeats keep its expectation).
+            per_epoch = self.batches_per_epoch or self.train_loader.estimated_batches()
+            if not per_epoch:
+                raise ConfigError("data.train: fine-tuning from these shards needs their clip count; give shard "
+                                  "folders written by `ssast prepare` (with index.json) or tars with their sidecars")
+            self.total_steps = cfg.train.epochs * max(1, per_epoch // accum)
+            steps_per_unit = max(1, per_epoch // accum)
+        # fine-tuning on a stream runs whole epochs (its step count is only estimated); everything else runs steps
+        self.by_epochs = cfg.task == "finetune" and not self.batches_per_epoch
         self.schedule = LRSchedule(self.optimizer, cfg.optim, self.total_steps, steps_per_unit)
         self.gen = torch.Generator(rt.device).manual_seed(cfg.train.seed * 1000 + rt.rank)
 
@@ -463,7 +469,7 @@ class Trainer:
             source.set_epoch(0)
             batch = next(iter(source))
             self._fixed_clip = {k: batch[k][:1] for k in ("wave", "num_frames")}
-        while self.step < self.total_steps:
+        while not self._done():
             self.train_loader.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
             if self._restored_rng is not None:
                 set_rng_state(self._restored_rng)
@@ -550,7 +556,7 @@ class Trainer:
                         f"stopped by signal {signal.Signals(self._stop_signal).name} at step {self.step}; "
                         f"resume with --resume {self.run_dir}"
                     )
-                if self.step >= self.total_steps:
+                if not self.by_epochs and self.step >= self.total_steps:
                     break
             else:
                 # the epoch ran out
@@ -560,6 +566,9 @@ class Trainer:
                 self._end_epoch()
             break
         return self._finish()
+
+    def _done(self) -> bool:
+        return self.epoch >= self.cfg.train.epochs if self.by_epochs else self.step >= self.total_steps
 
     def _end_epoch(self) -> None:
         cfg = self.cfg
