@@ -286,3 +286,41 @@ def test_unknown_options_are_still_refused(capsys):
     with pytest.raises(SystemExit) as e:
         run(capsys, "pretrain", "--dry-run", "--no-such-option", *TINY)
     assert e.value.code == 2 and "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+# --- 10: clips dropped from an evaluation or from prepare are reported, never silent ------------------------------
+
+
+def test_bad_clips_in_evaluation_and_prepare_are_reported(corpus, tmp_path, capsys):
+    # a test list with two unusable clips beside the good ones
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    (bad_dir / "empty.wav").write_bytes(b"")
+    make_wav(bad_dir / "silent.wav", 0.7, amp=0.0)
+    good = json.loads(corpus.test.read_text())["data"]
+    mid = good[0]["labels"]
+    entries = [{**e, "wav": str(corpus.root / e["wav"])} for e in good]
+    entries += [{"wav": str(bad_dir / "empty.wav"), "labels": mid}, {"wav": str(bad_dir / "silent.wav"), "labels": mid}]
+    test_list = tmp_path / "test.json"
+    test_list.write_text(json.dumps({"data": entries}))
+
+    ft = tmp_path / "ft"
+    code, _, err = run(capsys, "finetune", *TINY, f"data.train=[{corpus.train}]", f"data.test=[{test_list}]",
+                       f"data.label_csv={corpus.labels}", "train.epochs=1", f"train.run_dir={ft}")
+    assert code == 0, err
+    metrics = json.loads((ft / "metrics.json").read_text())
+    note = f"test: skipped 2 of {len(entries)} clips: 1 empty, 1 silent"
+    assert metrics["final_skipped_clips"].startswith(note)
+
+    code, out, err = run(capsys, "evaluate", ft / "final", *TINY, f"data.test=[{test_list}]",
+                         f"data.label_csv={corpus.labels}")
+    assert code == 0, err
+    assert json.loads(out)["num_clips"] == len(good)
+    assert json.loads(out)["skipped_clips"].startswith(f"data.test: skipped 2 of {len(entries)} clips")
+    assert "evaluate: data.test: skipped 2" in err
+
+    code, out, err = run(capsys, "prepare", test_list, tmp_path / "shards", "--label-csv", corpus.labels,
+                         "--workers", "1")
+    assert code == 0, err
+    assert f"wrote 1 shards, {len(good)} clips" in out
+    assert f"skipped 2 of {len(entries)} clips: 1 empty, 1 silent; first: " in out
