@@ -107,8 +107,8 @@ def evaluate_checkpoint(ckpt: str | list[str], cfg: Config) -> dict:
     """
     from ssast.audio.features import FeatureExtractor
     from ssast.data.loader import build_loader
+    from ssast.evaluation import load_label_set, predict_scores, uses_sigmoid
     from ssast.metrics import classification_metrics
-    from ssast.train.engine import FinetuneTask, load_label_set
     from ssast.train.runtime import setup_runtime
 
     ckpts = [ckpt] if isinstance(ckpt, (str, Path)) else list(ckpt)
@@ -128,9 +128,8 @@ def evaluate_checkpoint(ckpt: str | list[str], cfg: Config) -> dict:
         def feature_fn(batch, train, features=features):
             return features(batch["wave"].to(rt.device), batch["num_frames"].to(rt.device), train=False)
 
-        task = FinetuneTask(run_cfg, rt, labels)
         loader = build_loader(run_cfg, split, labels=labels)
-        scores, targets, keys = task.predict(model, loader, rt, feature_fn)
+        scores, targets, keys = predict_scores(model, loader, rt.autocast, feature_fn, sigmoid=uses_sigmoid(run_cfg))
         all_scores.append(scores)
         single = classification_metrics(scores, targets, cfg.data.multilabel)
         single.pop("per_class_ap", None)

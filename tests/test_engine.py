@@ -89,13 +89,13 @@ def test_lr_schedule_and_warmup_logged(corpus, tmp_path):
 
 
 def test_non_finite_loss_stops_with_message(corpus, tmp_path, monkeypatch):
-    from ssast.train import engine
+    from ssast.train import tasks
 
     def nan_loss(self, model, feats, labels, gen):
         out = model(feats, generator=gen)
         return out.loss * float("nan"), {"nce": out.nce, "mse": out.mse, "accuracy": out.accuracy}
 
-    monkeypatch.setattr(engine.PretrainTask, "loss", nan_loss)
+    monkeypatch.setattr(tasks.PretrainTask, "loss", nan_loss)
     with pytest.raises(TrainingStopped, match="not finite for 3 steps in a row"):
         train(pretrain_cfg(corpus, tmp_path / "nan", "train.max_bad_steps=3"))
     # the checkpoint written at step 2 holds the initial weights: skipped updates never reach the model
@@ -106,9 +106,9 @@ def test_non_finite_loss_stops_with_message(corpus, tmp_path, monkeypatch):
 
 
 def test_a_few_non_finite_losses_are_skipped_and_training_goes_on(corpus, tmp_path, monkeypatch):
-    from ssast.train import engine
+    from ssast.train import tasks
 
-    real = engine.PretrainTask.loss
+    real = tasks.PretrainTask.loss
     calls = {"n": 0}
 
     def sometimes_nan(self, model, feats, labels, gen):
@@ -116,7 +116,7 @@ def test_a_few_non_finite_losses_are_skipped_and_training_goes_on(corpus, tmp_pa
         loss, extras = real(self, model, feats, labels, gen)
         return (loss * float("nan") if calls["n"] in (2, 3) else loss), extras
 
-    monkeypatch.setattr(engine.PretrainTask, "loss", sometimes_nan)
+    monkeypatch.setattr(tasks.PretrainTask, "loss", sometimes_nan)
     res = train(pretrain_cfg(corpus, tmp_path / "some", "train.max_bad_steps=3"))
     assert res["steps"] == 6 and res["skipped_steps"] == 2
     losses = [v for _, v in scalars(tmp_path / "some")["train/loss"]]

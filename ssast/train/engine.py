@@ -1,14 +1,13 @@
 """The one training engine for pretraining (steps, masked patch modeling) and fine-tuning (epochs, classification).
 
-What differs between the two lives in a small task object (:class:`PretrainTask`, :class:`FinetuneTask`): how the
-model is built, what one batch's loss is, and how it is evaluated. Everything else (device and precision, DDP,
-accumulation, clipping, schedules, EMA and weight averaging, checkpoints and exact resume, signals, non-finite losses,
-logging) is shared.
+What differs between the two lives in task objects (:mod:`ssast.train.tasks`): the model, one batch's loss,
+evaluation, the run's length and the hooks after a step, an epoch and the run. Everything here is shared: device and
+precision, DDP, accumulation, clipping, schedules, EMA, checkpoints and exact resume, signals, non-finite losses,
+logging.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import errno
 import json
@@ -19,21 +18,19 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 
-from ssast.config import Config, ConfigError, dump_config, load_config
-from ssast.metrics import classification_metrics
 from ssast.atomic import atomic_write_text
+from ssast.config import Config, ConfigError, dump_config, load_config
+from ssast.evaluation import load_label_set
 from ssast.train import checkpoints as ck
-from ssast.train.logging import Board, Progress, reconstruction_figure
+from ssast.train.logging import Board, Progress
 from ssast.train.optim import LRSchedule, build_optimizer
 from ssast.train.state_io import read_state, write_state
+from ssast.train.tasks import build_task
 from ssast.train.runtime import (
-    Runtime,
     peak_memory_mb,
     rng_state,
     seed_everything,
@@ -48,105 +45,6 @@ class TrainingStopped(RuntimeError):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def load_label_set(cfg: Config):
-    """The label set of a fine-tuning run (from data.label_csv); None for unlabeled pretraining."""
-    from ssast.data.manifest import read_label_csv
-
-    if cfg.data.label_csv:
-        return read_label_csv(cfg.data.label_csv)
-    if cfg.task == "finetune":
-        raise ConfigError("data.label_csv: fine-tuning needs the label CSV (index,mid,display_name)")
-    return None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Tasks
-
-
-class PretrainTask:
-    """Masked spectrogram patch modeling: the model returns its own loss and masked accuracy."""
-
-    kind = "pretrain"
-    monitor = "accuracy"  # masked-patch accuracy, for the plateau schedule and the best checkpoint
-
-    def __init__(self, cfg: Config, rt: Runtime, labels):
-        self.cfg, self.rt = cfg, rt
-
-    def build_model(self) -> tuple[nn.Module, str]:
-        from ssast.models.checkpoint import load_pretrained
-        from ssast.models.pretrain import build_pretrain_model
-
-        model = build_pretrain_model(self.cfg.model)
-        info = "pretraining from random initialisation"
-        if self.cfg.model.init and self.cfg.model.init != "scratch":
-            src, meta = load_pretrained(self.cfg.model.init)
-            if meta.get("kind") != "pretrain":
-                raise ConfigError(f"model.init={self.cfg.model.init}: continuing pretraining needs a pretraining checkpoint")
-            model.load_state_dict(src.state_dict(), strict=True)
-            info = f"pretraining continues from {self.cfg.model.init}"
-        return model, info
-
-    def loss(self, model, feats, labels, gen):
-        out = model(feats, generator=gen)
-        return out.loss, {"nce": out.nce, "mse": out.mse, "accuracy": out.accuracy}
-
-    @torch.no_grad()
-    def evaluate(self, model, batches, rt: Runtime, feature_fn) -> dict:
-        """Masked accuracy and losses on held-out clips with masks from a fixed seed (comparable across evals)."""
-        gen = torch.Generator(rt.device).manual_seed(1234)
-        sums, n = {}, 0
-        for batch in batches:
-            feats = feature_fn(batch, train=False)
-            with rt.autocast():
-                out = model(feats, generator=gen)
-            for k, v in {"loss": out.loss, "nce": out.nce, "mse": out.mse, "accuracy": out.accuracy}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * feats.shape[0]
-            n += feats.shape[0]
-        return {k: v / max(n, 1) for k, v in sums.items()}
-
-
-class FinetuneTask:
-    """Classification with CE (single-label, soft targets allowed for mixup) or BCE (multi-label)."""
-
-    kind = "classifier"
-
-    def __init__(self, cfg: Config, rt: Runtime, labels):
-        self.cfg, self.rt, self.labels = cfg, rt, labels
-        loss = cfg.train.loss
-        self.bce = loss == "bce" or (loss == "auto" and cfg.data.multilabel)
-        self.monitor = "mAP" if cfg.data.multilabel else "accuracy"
-
-    def build_model(self) -> tuple[nn.Module, str]:
-        from ssast.models.checkpoint import build_classifier
-
-        return build_classifier(self.cfg.model, len(self.labels), self.cfg.model.init or None)
-
-    def loss(self, model, feats, labels, gen):
-        logits = model(feats).float()
-        if self.bce:
-            loss = F.binary_cross_entropy_with_logits(logits, labels)
-        else:
-            loss = torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        return loss, {}
-
-    @torch.no_grad()
-    def predict(self, model, batches, rt: Runtime, feature_fn) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        scores, targets, keys = [], [], []
-        for batch in batches:
-            feats = feature_fn(batch, train=False)
-            with rt.autocast():
-                logits = model(feats).float()
-            probs = torch.sigmoid(logits) if self.bce else torch.softmax(logits, dim=-1)
-            scores.append(probs.cpu().numpy())
-            targets.append(batch["labels"].numpy())
-            keys.extend(batch["keys"])
-        return np.concatenate(scores), np.concatenate(targets), keys
-
-    def evaluate(self, model, batches, rt: Runtime, feature_fn) -> dict:
-        scores, targets, _ = self.predict(model, batches, rt, feature_fn)
-        return classification_metrics(scores, targets, self.cfg.data.multilabel)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,7 +91,7 @@ class Trainer:
 
         cfg, rt = self.cfg, self.rt
         self.labels = load_label_set(cfg)
-        self.task = PretrainTask(cfg, rt, self.labels) if cfg.task == "pretrain" else FinetuneTask(cfg, rt, self.labels)
+        self.task = build_task(cfg, rt, self.labels)
 
         self.train_loader = build_loader(cfg, "train", labels=self.labels, rank=rt.rank, world_size=rt.world_size)
         self.valid_loader = build_loader(cfg, "valid", labels=self.labels) if cfg.data.valid else None
@@ -208,38 +106,21 @@ class Trainer:
         self.skip_on_device = bool(self.optimizer.defaults.get("fused"))
         self.step_model = self.model
         if rt.distributed:
-            # a pretraining head switched off (weight 0) gets no gradient: DDP must then look for unused parameters
-            unused = cfg.task == "pretrain" and (cfg.model.nce_weight <= 0 or cfg.model.mse_weight <= 0)
             self.step_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-                find_unused_parameters=unused,
+                find_unused_parameters=self.task.find_unused_parameters,
             )
         if cfg.train.compile:
             self.step_model = torch.compile(self.step_model)
 
         try:
             self.batches_per_epoch = len(self.train_loader)
-        except TypeError:  # endless shard stream
+        except TypeError:  # a shard stream
             self.batches_per_epoch = 0
-        accum = cfg.optim.accum_steps
-        if cfg.task == "pretrain":
-            if cfg.train.steps <= 0:
-                raise ConfigError("train.steps: pretraining needs a positive number of steps")
-            self.total_steps = cfg.train.steps
-            steps_per_unit = 1  # the step schedule counts steps when pretraining
-        else:
-            if cfg.train.epochs <= 0:
-                raise ConfigError("train.epochs: fine-tuning needs a positive number of epochs")
-            # Shard streams have no exact length: an epoch ends when the shards do, and the schedule uses the count
-            # that index.json gives (class-balanced repeats keep its expectation).
-            per_epoch = self.batches_per_epoch or self.train_loader.estimated_batches()
-            if not per_epoch:
-                raise ConfigError("data.train: fine-tuning from these shards needs their clip count; give shard "
-                                  "folders written by `ssast prepare` (with index.json) or tars with their sidecars")
-            self.total_steps = cfg.train.epochs * max(1, per_epoch // accum)
-            steps_per_unit = max(1, per_epoch // accum)
-        # fine-tuning on a stream runs whole epochs (its step count is only estimated); everything else runs steps
-        self.by_epochs = cfg.task == "finetune" and not self.batches_per_epoch
+        # fine-tuning on a shard stream runs whole epochs (its step count is only estimated); all else runs steps
+        self.total_steps, steps_per_unit, self.by_epochs = self.task.length(
+            self.batches_per_epoch or self.train_loader.estimated_batches(), cfg.optim.accum_steps,
+            exact=bool(self.batches_per_epoch))
         self.schedule = LRSchedule(self.optimizer, cfg.optim, self.total_steps, steps_per_unit)
         self.gen = torch.Generator(rt.device).manual_seed(cfg.train.seed * 1000 + rt.rank)
 
@@ -248,7 +129,6 @@ class Trainer:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.model, decay=cfg.train.ema)
-        self.wa_state, self.wa_count = None, 0
 
         self.step = 0
         self.epoch = 0
@@ -268,7 +148,6 @@ class Trainer:
             self.total_steps, cfg.train.progress if rt.is_main else "none", stream, self.run_dir / "log.txt" if rt.is_main else None
         )
         self._stop_signal = None
-        self._fixed_clip = None
 
     # -- features ------------------------------------------------------------------------------------------------
     def feature_fn(self, batch: dict, train: bool, mix=None) -> torch.Tensor:
@@ -314,8 +193,7 @@ class Trainer:
             "history": self.history,
             "elapsed": self.elapsed,
             "ema": self.ema.module.state_dict() if self.ema else None,
-            "wa_state": self.wa_state,
-            "wa_count": self.wa_count,
+            "task": self.task.state_dict(),
             "skipped": dict(getattr(self.train_loader, "skipped", {}) or {}),
         }
 
@@ -331,7 +209,7 @@ class Trainer:
         self.bad_total, self.best, self.history, self.elapsed = st["bad_total"], st["best"], st["history"], st["elapsed"]
         if self.ema and st["ema"] is not None:
             self.ema.module.load_state_dict(st["ema"])
-        self.wa_state, self.wa_count = st["wa_state"], st["wa_count"]
+        self.task.load_state_dict(st["task"])
         self._restored_rng = st["rng"]  # applied when the loop starts, after everything set-up may draw
 
     def _model_meta(self) -> dict:
@@ -403,27 +281,6 @@ class Trainer:
         self.progress.message(note)
         return note
 
-    def _log_reconstruction(self) -> None:
-        if not (self.rt.is_main and self.cfg.task == "pretrain" and hasattr(self.model, "reconstruct")):
-            return
-        if self._fixed_clip is None:
-            return
-        feats = self.feature_fn(self._fixed_clip, train=False)
-        was = self.model.training
-        self.model.eval()
-        with torch.no_grad(), self.rt.autocast():
-            mask, recon = self.model.reconstruct(feats, generator=torch.Generator(self.rt.device).manual_seed(7))
-        self.model.train(was)
-        from ssast.models.tokenizer import unpatchify
-
-        c = self.cfg.model
-        patch = c.fshape * c.tshape
-        ones = torch.ones(1, mask.shape[1], patch, device=mask.device) * mask[..., None].float()
-        mask_map = unpatchify(ones, c.fshape, c.tshape, feats.shape[2], feats.shape[1])
-        img = reconstruction_figure(feats[0].float().cpu().numpy(), mask_map[0].cpu().numpy(),
-                                    recon[0].float().cpu().numpy())
-        self.board.image("pretrain/reconstruction", img, self.step)
-
     # -- the loop ------------------------------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg, rt = self.cfg, self.rt
@@ -458,17 +315,11 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         count = 0
         window_clips, window_start = 0, time.time()
-        plateau_sum, plateau_n = torch.zeros((), device=rt.device), torch.zeros((), device=rt.device)
         zero = torch.zeros((), dtype=torch.long, device=rt.device)
         streak, window_streak, window_bad = zero.clone(), zero.clone(), zero.clone()  # non-finite losses
         self.step_model.train()
         micro = 0
-        if cfg.task == "pretrain" and cfg.train.image_every and rt.is_main:
-            # one fixed clip for the reconstruction images, taken before training starts
-            source = self.valid_loader or self.train_loader
-            source.set_epoch(0)
-            batch = next(iter(source))
-            self._fixed_clip = {k: batch[k][:1] for k in ("wave", "num_frames")}
+        self.task.before_training(self)
         while not self._done():
             self.train_loader.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
             if self._restored_rng is not None:
@@ -514,12 +365,6 @@ class Trainer:
                 for k, v in scalars.items():
                     sums[k] = sums.get(k, 0) + torch.where(bad, 0.0, v.float())
                 count = count + (~bad).float()
-                if cfg.task == "pretrain" and cfg.optim.schedule == "plateau":
-                    plateau_sum = plateau_sum + torch.where(bad, 0.0, extras["accuracy"].detach().float())
-                    plateau_n = plateau_n + (~bad).float()
-                    if self.step % cfg.optim.plateau_every == 0:
-                        self.schedule.report_metric(float(plateau_sum / plateau_n.clamp(min=1)))
-                        plateau_sum, plateau_n = torch.zeros((), device=rt.device), torch.zeros((), device=rt.device)
 
                 if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
                     now = time.time()
@@ -543,11 +388,7 @@ class Trainer:
                     self.progress.update(self.step, {k: values[k] for k in values if k != "memory_mb"})
                     sums, count, window_clips, window_start = {}, 0, 0, now
                     window_bad, window_streak = zero.clone(), zero.clone()
-                if cfg.task == "pretrain":
-                    if cfg.train.image_every and self.step % cfg.train.image_every == 0:
-                        self._log_reconstruction()
-                    if cfg.train.eval_every and self.valid_loader and self.step % cfg.train.eval_every == 0:
-                        self._eval_and_record("valid", self.valid_loader)
+                self.task.after_step(self, extras, bad)
                 if self.step % cfg.train.ckpt_every == 0 and self.step < self.total_steps:
                     self.save()
                 if self._stop_signal is not None:
@@ -571,29 +412,12 @@ class Trainer:
         return self.epoch >= self.cfg.train.epochs if self.by_epochs else self.step >= self.total_steps
 
     def _end_epoch(self) -> None:
-        cfg = self.cfg
         self.epoch += 1
         self.batch_in_epoch = 0
-        if cfg.task != "finetune":
-            return
-        epoch = self.epoch  # 1-based count of finished epochs, as the authors number them
-        if cfg.train.wa_start and cfg.train.wa_start <= epoch <= cfg.train.wa_end:
-            state = {k: v.detach().float().cpu().clone() for k, v in self.model.state_dict().items()}
-            if self.wa_state is None:
-                self.wa_state, self.wa_count = state, 1
-            else:
-                self.wa_count += 1
-                for k in self.wa_state:
-                    self.wa_state[k] += (state[k] - self.wa_state[k]) / self.wa_count
-        if self.valid_loader is not None:
-            metrics = self._eval_and_record("valid", self.valid_loader)
-            value = metrics.get(self.task.monitor, -math.inf)
-            if value > self.best:
-                self.best = value
-                self.save_model("best", self.ema.module if self.ema else None)
-        self.save()
+        self.task.after_epoch(self)
 
-    def _eval_and_record(self, split: str, loader) -> dict:
+    def eval_and_record(self, split: str, loader) -> dict:
+        """Evaluate on rank 0, log to TensorBoard and the history; every rank waits for it."""
         metrics = {}
         if self.rt.is_main:
             metrics = self.evaluate(loader)
@@ -610,11 +434,7 @@ class Trainer:
 
     def _finish(self) -> dict:
         cfg, rt = self.cfg, self.rt
-        final_model = self.ema.module if self.ema else self.model
-        if self.wa_state is not None:
-            final_model = copy.deepcopy(self.model)
-            final_model.load_state_dict({k: v.to(self.model.state_dict()[k].dtype) for k, v in self.wa_state.items()})
-            self.progress.message(f"weight averaging over {self.wa_count} epochs ({cfg.train.wa_start}-{cfg.train.wa_end})")
+        final_model = self.task.final_model(self)
         if not (ck.step_dir(self.run_dir, self.step) / ck.TRAINER_STATE).is_file():  # the epoch end may have saved it
             self.save()
         final_dir = self.save_model("final", final_model)
@@ -625,14 +445,12 @@ class Trainer:
             eval_loader = self.test_loader or self.valid_loader
             if eval_loader is not None:
                 metrics = self.evaluate(eval_loader, final_model)
-                per_class = metrics.pop("per_class_ap", None)
+                self.task.finish(self, metrics)
                 result["final"] = metrics
                 result["final_split"] = "test" if self.test_loader else "valid"
                 skipped = self._skip_note(result["final_split"], eval_loader)
                 if skipped:
                     result["final_skipped_clips"] = skipped
-                if per_class is not None and self.labels is not None:
-                    _write_per_class(self.run_dir / "per_class_ap.csv", self.labels, per_class)
                 self.progress.message("final " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             result["history"] = self.history
             if hasattr(self.train_loader, "skip_summary"):
@@ -654,13 +472,6 @@ def _disk_full(e: BaseException) -> bool:
     """ENOSPC from the OS, or safetensors' / torch's wrapping of it in their own error text."""
     return getattr(e, "errno", None) == errno.ENOSPC or any(
         t in str(e) for t in ("No space left", "StorageFull", "code: 28"))
-
-
-def _write_per_class(path: Path, labels, ap: list[float]) -> None:
-    lines = ["index,mid,display_name,ap"]
-    for i, (mid, name, v) in enumerate(zip(labels.ids, labels.names, ap)):
-        lines.append(f"{i},{mid},\"{name}\",{'' if v != v else f'{v:.6f}'}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def train(cfg: Config, *, resume: str | None = None, stream=None) -> dict:

@@ -1,0 +1,228 @@
+"""What pretraining and fine-tuning do differently, as task objects the one training loop calls into.
+
+A task builds its model, computes one batch's loss, evaluates, says how long a run is and what DDP must know, and has
+hooks the loop calls after each optimiser step, after each epoch and at the end (with the trainer as argument), so the
+loop in :mod:`ssast.train.engine` holds no task-specific branch.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssast.config import Config, ConfigError
+from ssast.evaluation import predict_scores, uses_sigmoid, write_per_class_ap
+from ssast.metrics import classification_metrics
+from ssast.train.logging import reconstruction_figure
+from ssast.train.runtime import Runtime
+
+
+class PretrainTask:
+    """Masked spectrogram patch modeling: the model returns its own loss and masked accuracy."""
+
+    kind = "pretrain"  # the checkpoint kind
+    monitor = "accuracy"  # masked-patch accuracy, for the plateau schedule
+
+    def __init__(self, cfg: Config, rt: Runtime, labels):
+        self.cfg, self.rt = cfg, rt
+        self.fixed_clip = None  # the clip of the reconstruction images
+        self._plateau_sum = self._plateau_n = None
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        """A head switched off (weight 0) gets no gradient: DDP must then look for unused parameters."""
+        return self.cfg.model.nce_weight <= 0 or self.cfg.model.mse_weight <= 0
+
+    def build_model(self) -> tuple[nn.Module, str]:
+        from ssast.models.checkpoint import load_pretrained
+        from ssast.models.pretrain import build_pretrain_model
+
+        model = build_pretrain_model(self.cfg.model)
+        info = "pretraining from random initialisation"
+        if self.cfg.model.init and self.cfg.model.init != "scratch":
+            src, meta = load_pretrained(self.cfg.model.init)
+            if meta.get("kind") != "pretrain":
+                raise ConfigError(f"model.init={self.cfg.model.init}: continuing pretraining needs a pretraining checkpoint")
+            model.load_state_dict(src.state_dict(), strict=True)
+            info = f"pretraining continues from {self.cfg.model.init}"
+        return model, info
+
+    def length(self, batches_per_epoch: int | None, accum: int, exact: bool) -> tuple[int, int, bool]:
+        """(optimiser steps, steps per schedule unit, whether the run counts epochs): pretraining counts steps."""
+        if self.cfg.train.steps <= 0:
+            raise ConfigError("train.steps: pretraining needs a positive number of steps")
+        return self.cfg.train.steps, 1, False
+
+    def loss(self, model, feats, labels, gen):
+        out = model(feats, generator=gen)
+        return out.loss, {"nce": out.nce, "mse": out.mse, "accuracy": out.accuracy}
+
+    @torch.no_grad()
+    def evaluate(self, model, batches, rt: Runtime, feature_fn) -> dict:
+        """Masked accuracy and losses on held-out clips with masks from a fixed seed (comparable across evals)."""
+        gen = torch.Generator(rt.device).manual_seed(1234)
+        sums, n = {}, 0
+        for batch in batches:
+            feats = feature_fn(batch, train=False)
+            with rt.autocast():
+                out = model(feats, generator=gen)
+            for k, v in {"loss": out.loss, "nce": out.nce, "mse": out.mse, "accuracy": out.accuracy}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * feats.shape[0]
+            n += feats.shape[0]
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    # -- hooks ---------------------------------------------------------------------------------------------------
+    def before_training(self, tr) -> None:
+        if self.cfg.train.image_every and tr.rt.is_main:
+            # one fixed clip for the reconstruction images, taken before training starts
+            source = tr.valid_loader or tr.train_loader
+            source.set_epoch(0)
+            batch = next(iter(source))
+            self.fixed_clip = {k: batch[k][:1] for k in ("wave", "num_frames")}
+
+    def after_step(self, tr, extras: dict, bad: torch.Tensor) -> None:
+        cfg = self.cfg
+        if cfg.optim.schedule == "plateau":
+            # accumulated on the device; read back only at a check
+            if self._plateau_sum is None:
+                self._plateau_sum = torch.zeros((), device=tr.rt.device)
+                self._plateau_n = torch.zeros((), device=tr.rt.device)
+            self._plateau_sum = self._plateau_sum + torch.where(bad, 0.0, extras["accuracy"].detach().float())
+            self._plateau_n = self._plateau_n + (~bad).float()
+            if tr.step % cfg.optim.plateau_every == 0:
+                tr.schedule.report_metric(float(self._plateau_sum / self._plateau_n.clamp(min=1)))
+                self._plateau_sum = self._plateau_n = None
+        if cfg.train.image_every and tr.step % cfg.train.image_every == 0:
+            self.log_reconstruction(tr)
+        if cfg.train.eval_every and tr.valid_loader and tr.step % cfg.train.eval_every == 0:
+            tr.eval_and_record("valid", tr.valid_loader)
+
+    def after_epoch(self, tr) -> None:
+        """Pretraining counts steps: an epoch's end changes nothing."""
+
+    def final_model(self, tr) -> nn.Module:
+        return tr.ema.module if tr.ema else tr.model
+
+    def finish(self, tr, metrics: dict) -> None:
+        """Nothing beyond the metrics for pretraining."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def log_reconstruction(self, tr) -> None:
+        """TensorBoard image of the fixed clip: input, mask and the generative head's reconstruction."""
+        if not (tr.rt.is_main and self.fixed_clip is not None and hasattr(tr.model, "reconstruct")):
+            return
+        from ssast.models.tokenizer import unpatchify
+
+        feats = tr.feature_fn(self.fixed_clip, train=False)
+        was = tr.model.training
+        tr.model.eval()
+        with torch.no_grad(), tr.rt.autocast():
+            mask, recon = tr.model.reconstruct(feats, generator=torch.Generator(tr.rt.device).manual_seed(7))
+        tr.model.train(was)
+        c = self.cfg.model
+        ones = torch.ones(1, mask.shape[1], c.fshape * c.tshape, device=mask.device) * mask[..., None].float()
+        mask_map = unpatchify(ones, c.fshape, c.tshape, feats.shape[2], feats.shape[1])
+        img = reconstruction_figure(feats[0].float().cpu().numpy(), mask_map[0].cpu().numpy(),
+                                    recon[0].float().cpu().numpy())
+        tr.board.image("pretrain/reconstruction", img, tr.step)
+
+
+class FinetuneTask:
+    """Classification with CE (single-label, soft targets allowed for mixup) or BCE (multi-label)."""
+
+    kind = "classifier"
+    find_unused_parameters = False
+
+    def __init__(self, cfg: Config, rt: Runtime, labels):
+        self.cfg, self.rt, self.labels = cfg, rt, labels
+        self.bce = uses_sigmoid(cfg)
+        self.monitor = "mAP" if cfg.data.multilabel else "accuracy"
+        self.wa_state, self.wa_count = None, 0  # running mean of the weights over the averaging epochs
+
+    def build_model(self) -> tuple[nn.Module, str]:
+        from ssast.models.checkpoint import build_classifier
+
+        return build_classifier(self.cfg.model, len(self.labels), self.cfg.model.init or None)
+
+    def length(self, batches_per_epoch: int | None, accum: int, exact: bool) -> tuple[int, int, bool]:
+        """(optimiser steps, steps per epoch, whether the run counts epochs). Shard streams have no exact length
+        (``exact`` false): an epoch ends when the shards do, and the schedule uses the count their index gives
+        (class-balanced repeats keep its expectation)."""
+        if self.cfg.train.epochs <= 0:
+            raise ConfigError("train.epochs: fine-tuning needs a positive number of epochs")
+        if not batches_per_epoch:
+            raise ConfigError("data.train: fine-tuning from these shards needs their clip count; give shard "
+                              "folders written by `ssast prepare` (with index.json) or tars with their sidecars")
+        per_step = max(1, batches_per_epoch // accum)
+        return self.cfg.train.epochs * per_step, per_step, not exact
+
+    def loss(self, model, feats, labels, gen):
+        logits = model(feats).float()
+        if self.bce:
+            loss = F.binary_cross_entropy_with_logits(logits, labels)
+        else:
+            loss = torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return loss, {}
+
+    def evaluate(self, model, batches, rt: Runtime, feature_fn) -> dict:
+        scores, targets, _ = predict_scores(model, batches, rt.autocast, feature_fn, sigmoid=self.bce)
+        return classification_metrics(scores, targets, self.cfg.data.multilabel)
+
+    # -- hooks ---------------------------------------------------------------------------------------------------
+    def before_training(self, tr) -> None:
+        pass
+
+    def after_step(self, tr, extras: dict, bad: torch.Tensor) -> None:
+        pass
+
+    def after_epoch(self, tr) -> None:
+        """Weight averaging, validation (the best model by the monitored metric) and a checkpoint per epoch."""
+        train = self.cfg.train
+        epoch = tr.epoch  # 1-based count of finished epochs, as the authors number them
+        if train.wa_start and train.wa_start <= epoch <= train.wa_end:
+            state = {k: v.detach().float().cpu().clone() for k, v in tr.model.state_dict().items()}
+            if self.wa_state is None:
+                self.wa_state, self.wa_count = state, 1
+            else:
+                self.wa_count += 1
+                for k in self.wa_state:
+                    self.wa_state[k] += (state[k] - self.wa_state[k]) / self.wa_count
+        if tr.valid_loader is not None:
+            metrics = tr.eval_and_record("valid", tr.valid_loader)
+            value = metrics.get(self.monitor, -math.inf)
+            if value > tr.best:
+                tr.best = value
+                tr.save_model("best", tr.ema.module if tr.ema else None)
+        tr.save()
+
+    def final_model(self, tr) -> nn.Module:
+        if self.wa_state is None:
+            return tr.ema.module if tr.ema else tr.model
+        model = copy.deepcopy(tr.model)
+        model.load_state_dict({k: v.to(tr.model.state_dict()[k].dtype) for k, v in self.wa_state.items()})
+        tr.progress.message(f"weight averaging over {self.wa_count} epochs ({self.cfg.train.wa_start}-"
+                            f"{self.cfg.train.wa_end})")
+        return model
+
+    def finish(self, tr, metrics: dict) -> None:
+        per_class = metrics.pop("per_class_ap", None)
+        if per_class is not None and self.labels is not None:
+            write_per_class_ap(tr.run_dir / "per_class_ap.csv", self.labels, per_class)
+
+    def state_dict(self) -> dict:
+        return {"wa_state": self.wa_state, "wa_count": self.wa_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.wa_state, self.wa_count = state["wa_state"], state["wa_count"]
+
+
+def build_task(cfg: Config, rt: Runtime, labels):
+    return PretrainTask(cfg, rt, labels) if cfg.task == "pretrain" else FinetuneTask(cfg, rt, labels)
