@@ -149,12 +149,12 @@ def model_config(spec: Spec, *, finetune: bool = False):
               input_fdim=MEL_BINS, input_tdim=spec.tdim)
     if finetune:
         kw.update(fstride=FINETUNE_STRIDE, tstride=FINETUNE_STRIDE)
-        return ModelConfig(**kw).resolved()
+        return ModelConfig(**kw)
     f_rows, t_cols = grid_shape(MEL_BINS, spec.tdim, fshape, tshape, fshape, tshape)
     num_mask = max(1, round(MASK_FRACTION * f_rows * t_cols))  # 400 of 512 at 1024 frames, scaled with tdim
     kw.update(mask_patch=num_mask, two_pass=spec.row == "pretrain-authors",
               pretrain_encoder="visible" if spec.row == "pretrain-visible" else "all")
-    return ModelConfig(**kw).resolved()
+    return ModelConfig(**kw)
 
 
 def effective_precision(spec: Spec, device: torch.device) -> tuple[Optional[torch.dtype], str]:

@@ -27,7 +27,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _model_summary(cfg) -> str:
     from ssast.models.tokenizer import grid_shape
 
-    m = cfg.model.resolved()
+    m = cfg.model
     f, t = grid_shape(m.input_fdim, m.input_tdim, m.fshape, m.tshape, m.fstride, m.tstride)
     if cfg.task == "pretrain":
         from ssast.models.pretrain import build_pretrain_model

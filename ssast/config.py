@@ -75,17 +75,18 @@ class ModelConfig:
     num_classes: int = 0  # 0: taken from the label list at fine-tuning
     init: str = ""  # "", "scratch", a checkpoint path, "imagenet:FILE" or "imagenet:timm" (see README)
 
+    def __post_init__(self) -> None:
+        # Resolved once, at construction (from YAML, a checkpoint or code): a named size fills dim/depth/heads, and an
+        # unset stride equals the patch shape (no overlap), so no user of a ModelConfig has to fill them in again.
+        if self.size in MODEL_SIZES:
+            d, l, h = MODEL_SIZES[self.size]
+            self.dim, self.depth, self.heads = self.dim or d, self.depth or l, self.heads or h
+        self.fstride = self.fstride or self.fshape
+        self.tstride = self.tstride or self.tshape
+
     def resolved(self) -> "ModelConfig":
-        """A copy with dim/depth/heads and strides filled in."""
-        c = copy.deepcopy(self)
-        if c.size != "custom":
-            d, l, h = MODEL_SIZES[c.size]
-            c.dim = c.dim or d
-            c.depth = c.depth or l
-            c.heads = c.heads or h
-        c.fstride = c.fstride or c.fshape
-        c.tstride = c.tstride or c.tshape
-        return c
+        """The config itself: resolution happens at construction (kept for callers of the old API)."""
+        return self
 
     @property
     def is_frame(self) -> bool:
@@ -102,7 +103,6 @@ class AudioConfig:
     crop: Literal["start", "random", "center"] = "random"  # where a longer clip is cut (evaluation uses start)
     norm_mean: float = DATASET_STATS["audioset"][0]
     norm_std: float = DATASET_STATS["audioset"][1]
-    fbank_on: Literal["auto", "loader", "device"] = "auto"  # auto: on the training device when it is a GPU
 
 
 @dataclass
@@ -329,12 +329,28 @@ def load_config(
     merged = apply_overrides(data, overrides)  # its errors quote the override itself
     if task is not None:
         merged["task"] = task
+    drop_legacy_keys(merged)
     try:
         cfg = from_dict(Config, merged)
+        # The model's input size follows the features: set once, as audio.num_mel_bins / audio.target_length.
+        given = merged.get("model") if isinstance(merged.get("model"), dict) else {}
+        if "input_fdim" not in given:
+            cfg.model.input_fdim = cfg.audio.num_mel_bins
+        if "input_tdim" not in given:
+            cfg.model.input_tdim = cfg.audio.target_length
         validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"{e}{_origin(e.keys, data, path, overrides)}", e.keys) from None
     return cfg
+
+
+def drop_legacy_keys(data: dict) -> dict:
+    """Remove keys that older versions wrote into run configs and checkpoints and that never had an effect
+    (``audio.fbank_on``), so those files still load; returns ``data``."""
+    audio = data.get("audio")
+    if isinstance(audio, dict):
+        audio.pop("fbank_on", None)
+    return data
 
 
 def _origin(keys: Sequence[str], data: dict, path: str | Path | None, overrides: list[str]) -> str:
@@ -421,7 +437,7 @@ def validate(cfg: Config) -> None:
     if m.size == "custom" and not (m.dim and m.depth and m.heads):
         raise ConfigError("model.size=custom needs model.dim, model.depth and model.heads",
                           ["model.size", "model.dim", "model.depth", "model.heads"])
-    r = m.resolved()
+    r = m
     if r.dim % r.heads:
         raise ConfigError(f"model.dim={r.dim} is not divisible by model.heads={r.heads}",
                           ["model.size", "model.dim", "model.heads"])
@@ -435,12 +451,14 @@ def validate(cfg: Config) -> None:
         )
     if m.input_fdim != cfg.audio.num_mel_bins:
         raise ConfigError(
-            f"model.input_fdim={m.input_fdim} differs from audio.num_mel_bins={cfg.audio.num_mel_bins}",
+            f"model.input_fdim={m.input_fdim} differs from audio.num_mel_bins={cfg.audio.num_mel_bins}; set "
+            f"audio.num_mel_bins alone (the model's input height follows it)",
             ["model.input_fdim", "audio.num_mel_bins"],
         )
     if m.input_tdim != cfg.audio.target_length:
         raise ConfigError(
-            f"model.input_tdim={m.input_tdim} differs from audio.target_length={cfg.audio.target_length}",
+            f"model.input_tdim={m.input_tdim} differs from audio.target_length={cfg.audio.target_length}; set "
+            f"audio.target_length alone (the model's input length follows it)",
             ["model.input_tdim", "audio.target_length"],
         )
     if cfg.task == "pretrain":
@@ -486,6 +504,11 @@ def validate(cfg: Config) -> None:
             f"augment.mixup_alpha must be positive when augment.mixup > 0 (lambda ~ Beta(alpha, alpha)), "
             f"got {a.mixup_alpha}", ["augment.mixup_alpha", "augment.mixup"]
         )
+    if a.mixup > 0 and a.mixup_partner == "dataset" and a.mixup_domain == "fbank":
+        # the dataset partner is mixed into the waveform by the loader; there is no fbank path for it
+        raise ConfigError("augment.mixup_partner=dataset mixes waveforms: it needs augment.mixup_domain=wave "
+                          "(or mixup_partner=batch for fbank mixing)",
+                          ["augment.mixup_partner", "augment.mixup_domain"])
 
 
 def dump_config(cfg: Config) -> str:

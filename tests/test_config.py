@@ -16,7 +16,7 @@ def test_defaults_and_overrides(tmp_path):
     assert isinstance(cfg, Config)
     assert cfg.task == "finetune" and cfg.optim.lr == 2.5e-4
     assert cfg.data.batch_size == 12 and cfg.optim.betas == [0.9, 0.99]
-    r = cfg.model.resolved()
+    r = cfg.model
     assert (r.dim, r.depth, r.heads) == (192, 12, 3) and (r.fstride, r.tstride) == (16, 16)
 
 
@@ -44,7 +44,7 @@ def test_impossible_combinations():
         load_config(None, ["model.input_tdim=512"])
     # the same overlap is fine for fine-tuning
     cfg = load_config(None, ["task=finetune", "model.fstride=10", "model.tstride=10"])
-    assert cfg.model.resolved().fstride == 10
+    assert cfg.model.fstride == 10
 
 
 def test_every_shipped_config_loads():
@@ -56,3 +56,45 @@ def test_every_shipped_config_loads():
     for f in files:
         cfg = load_config(f)
         assert cfg.task in ("pretrain", "finetune"), f
+
+
+def test_model_input_size_follows_the_audio_settings(tmp_path):
+    """One source: audio.target_length / num_mel_bins set the model's input; a different explicit value is refused."""
+    cfg = load_config(write(tmp_path, "audio:\n  target_length: 512\n  num_mel_bins: 64\nmodel:\n  fshape: 16\n"),
+                      task="finetune")
+    assert (cfg.model.input_tdim, cfg.model.input_fdim) == (512, 64)
+    assert load_config(None, ["audio.target_length=128"], task="finetune").model.input_tdim == 128
+    both = ["audio.target_length=128", "model.input_tdim=128"]
+    assert load_config(None, both, task="finetune").model.input_tdim == 128
+    with pytest.raises(ConfigError, match="set audio.target_length alone"):
+        load_config(None, ["audio.target_length=128", "model.input_tdim=256"], task="finetune")
+
+
+def test_model_config_is_resolved_once_at_construction():
+    from ssast.config import ModelConfig
+
+    m = ModelConfig(size="small", fshape=128, tshape=2, tstride=1)
+    assert (m.dim, m.depth, m.heads, m.fstride, m.tstride) == (384, 12, 6, 128, 1)
+    custom = ModelConfig(size="custom", dim=64, depth=2, heads=4)
+    assert (custom.dim, custom.fstride, custom.tstride) == (64, 16, 16)
+    # a checkpoint's stored config comes back equal (resolution is idempotent)
+    import dataclasses
+
+    from ssast.config import from_dict
+    assert from_dict(ModelConfig, dataclasses.asdict(m)) == m
+
+
+def test_settings_that_would_silently_do_nothing_are_refused():
+    with pytest.raises(ConfigError, match="mixup_partner=dataset mixes waveforms"):
+        load_config(None, ["augment.mixup=0.5", "augment.mixup_partner=dataset", "augment.mixup_domain=fbank"])
+    # the working combinations load
+    load_config(None, ["augment.mixup=0.5", "augment.mixup_partner=dataset", "augment.mixup_domain=wave"])
+    load_config(None, ["augment.mixup=0.5", "augment.mixup_partner=batch", "augment.mixup_domain=fbank"])
+
+
+def test_run_configs_written_by_older_versions_still_load(tmp_path):
+    """audio.fbank_on was written into every run's config.yaml but never read: old runs must still load/resume."""
+    cfg = load_config(write(tmp_path, "audio:\n  fbank_on: auto\n  target_length: 256\n"), task="finetune")
+    assert cfg.audio.target_length == 256 and not hasattr(cfg.audio, "fbank_on")
+    with pytest.raises(ConfigError, match="unknown key audio.fbank_onn"):
+        load_config(write(tmp_path, "audio:\n  fbank_onn: auto\n"))

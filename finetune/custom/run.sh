@@ -4,7 +4,7 @@
 # (DATA/norm_stats.json, from `ssast stats`), then fine-tune and score the final model on the test list.
 #   CUSTOM_ROOT=/data/my_sounds finetune/custom/run.sh runs/pretrain-patch_base/final patch
 # Environment: DATA (default data/custom), RUNS (default runs/custom), PYTHON. Further arguments are config overrides
-# (e.g. audio.target_length=1024 model.input_tdim=1024 for 10 s clips).
+# (e.g. audio.target_length=1024 for 10 s clips).
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 parse_finetune_args "$@"
 DATA="${DATA:-data/custom}"

@@ -113,8 +113,7 @@ def load_encoder_into(model: SSASTClassifier, encoder_state: Mapping[str, torch.
     1 -> 2 duplicates it), the positional embedding is adapted from the source grid to the model's grid, and
     everything else must match exactly. Returns a one-line description of what was adapted.
     """
-    src = src_cfg.resolved()
-    dst = model.cfg.resolved()
+    src, dst = src_cfg, model.cfg
     state = _strip_prefix(encoder_state, "encoder.")
     if (src.fshape, src.tshape) != (dst.fshape, dst.tshape):
         raise WeightMismatchError(

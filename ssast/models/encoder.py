@@ -159,20 +159,7 @@ class ViTEncoder(nn.Module):
 
 
 def build_encoder(cfg: ModelConfig) -> ViTEncoder:
-    """The encoder a model config describes (sizes resolved, strides as configured)."""
-    c = cfg.resolved()
-    return ViTEncoder(
-        dim=c.dim,
-        depth=c.depth,
-        heads=c.heads,
-        fshape=c.fshape,
-        tshape=c.tshape,
-        fstride=c.fstride,
-        tstride=c.tstride,
-        input_fdim=c.input_fdim,
-        input_tdim=c.input_tdim,
-        num_prefix=c.num_prefix,
-        mlp_ratio=c.mlp_ratio,
-        drop_path=c.drop_path,
-        grad_checkpointing=c.grad_checkpointing,
-    )
+    """The encoder a model config describes (the config's fields of the same names)."""
+    fields = ("dim", "depth", "heads", "fshape", "tshape", "fstride", "tstride", "input_fdim", "input_tdim",
+              "num_prefix", "mlp_ratio", "drop_path", "grad_checkpointing")
+    return ViTEncoder(**{f: getattr(cfg, f) for f in fields})

@@ -44,7 +44,7 @@ def unwrap_state(obj: object) -> dict[str, torch.Tensor]:
 
 def deit_to_encoder_state(deit_state: Mapping[str, torch.Tensor], dst_cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Convert a timm DeiT/ViT state dict (16x16 patches) into a ViTEncoder state for the audio model ``dst_cfg``."""
-    dst = dst_cfg.resolved()
+    dst = dst_cfg
     required = ("patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed")
     absent = [k for k in required if k not in deit_state]
     if absent:

@@ -111,7 +111,6 @@ class SSASTPretrainModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        cfg = cfg.resolved()
         if cfg.fstride != cfg.fshape or cfg.tstride != cfg.tshape:
             raise ValueError(
                 f"model.fstride/tstride ({cfg.fstride}x{cfg.tstride}) must equal the patch shape "

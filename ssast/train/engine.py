@@ -56,7 +56,7 @@ class Trainer:
         if resume:  # a resume writes only into the directory it resumes, whatever the config says
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=str(resume)))
         self.cfg = cfg
-        self.rt = setup_runtime(cfg.train.device, cfg.train.precision, cfg.model.resolved().dim)
+        self.rt = setup_runtime(cfg.train.device, cfg.train.precision, cfg.model.dim)
         rt = self.rt
         seed_everything(cfg.train.seed + rt.rank)
         self.run_dir = Path(cfg.train.run_dir)
