@@ -7,7 +7,7 @@ import safetensors.torch
 import timm
 import torch
 
-import ssast.models.checkpoint as ckpt
+import ssast.atomic as atomic
 from ssast.config import ModelConfig
 from ssast.models.checkpoint import (
     CheckpointError,
@@ -136,7 +136,7 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 def test_fallback_replace_and_crash_between_renames(tmp_path, monkeypatch):
     cfg = tiny()
     a, b, c = (SSASTClassifier(cfg, 2) for _ in range(3))
-    monkeypatch.setattr(ckpt, "_exchange", lambda x, y: False)  # systems without renameat2
+    monkeypatch.setattr(atomic, "_exchange", lambda x, y: False)  # systems without renameat2
     save_checkpoint(tmp_path / "c", a, kind="classifier", model_cfg=cfg)
     save_checkpoint(tmp_path / "c", b, kind="classifier", model_cfg=cfg)
     assert torch.equal(_weights(tmp_path / "c"), b.head[1].weight)
@@ -151,7 +151,7 @@ def test_fallback_replace_and_crash_between_renames(tmp_path, monkeypatch):
             raise OSError("power cut")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", flaky)
+    monkeypatch.setattr(atomic.os, "replace", flaky)
     with pytest.raises(OSError, match="power cut"):
         save_checkpoint(tmp_path / "c", c, kind="classifier", model_cfg=cfg)
     monkeypatch.undo()

@@ -6,23 +6,15 @@ A checkpoint is a directory holding ``model.safetensors`` (the weights, no ``mod
      "num_classes": C, "labels": [...] | null, "label_ids": [...] | null, "norm": {"mean": m, "std": s} | null,
      "extra": {...}}
 
-so the JSON alone rebuilds the exact model. Saving is atomic: the new checkpoint is written and fsynced in a sibling
-``<dir>.tmp-*`` directory and then swapped in with one rename (Linux ``renameat2(RENAME_EXCHANGE)`` when the target
-already exists), so a crash at any point leaves either the old or the new complete checkpoint under the path. Where the
-exchange is not available the old directory is first renamed aside to ``<dir>.old-*``; readers fall back to it if the
-crash happened between the two renames.
+so the JSON alone rebuilds the exact model. Saving is atomic (:func:`ssast.atomic.atomic_write_dir`): a crash at any
+point leaves either the old or the new complete checkpoint under the path, and readers fall back to the old copy that
+an interrupted save left aside.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import errno
 import json
-import os
 import re
-import shutil
-import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -32,7 +24,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ssast.atomic import fsync_path
+from ssast.atomic import aside_copies, atomic_write_dir
 from ssast.config import ConfigError, ModelConfig, from_dict
 from ssast.models.classifier import SSASTClassifier, load_encoder_into, load_state_strict
 from ssast.models.imagenet import deit_name_for, deit_to_encoder_state, unwrap_state
@@ -47,49 +39,6 @@ KINDS = ("pretrain", "classifier")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit: the message names the file and what is wrong."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Atomic directory replacement
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    at_fdcwd, rename_exchange = -100, 2
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    """Make ``tmp`` the directory at ``target``, replacing any old one so a crash leaves old or new intact."""
-    parent = target.parent
-    if not target.exists():
-        os.replace(tmp, target)
-    elif _exchange(tmp, target):
-        shutil.rmtree(tmp)  # tmp now holds the old checkpoint
-    else:
-        aside = Path(tempfile.mkdtemp(prefix=f"{target.name}.old-", dir=parent))
-        os.rmdir(aside)
-        os.replace(target, aside)
-        os.replace(tmp, target)
-        fsync_path(parent)
-        shutil.rmtree(aside)
-    fsync_path(parent)
-    # Old copies left aside by an earlier interrupted save are superseded now.
-    for stale in parent.glob(f"{target.name}.old-*"):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _unwrap_model(model: nn.Module) -> nn.Module:
@@ -151,20 +100,14 @@ def save_checkpoint(
         "extra": dict(extra or {}),
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
-    try:
-        safetensors.torch.save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+
+    def write(folder: Path) -> None:
+        safetensors.torch.save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
+        (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
         if write_more is not None:
-            write_more(tmp)
-        for f in (*tmp.iterdir(), tmp):
-            fsync_path(f)
-        _swap_in(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+            write_more(folder)
+
+    return atomic_write_dir(target, write)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -179,8 +122,7 @@ def _checkpoint_dir(path: str | Path) -> Path:
     if p.is_dir():
         return p
     # A save interrupted between its two renames leaves the complete old checkpoint beside the path.
-    aside = sorted(p.parent.glob(f"{p.name}.old-*"), key=lambda q: q.stat().st_mtime) if p.parent.is_dir() else []
-    aside = [q for q in aside if (q / META).is_file() and (q / WEIGHTS).is_file()]
+    aside = [q for q in aside_copies(p) if (q / META).is_file() and (q / WEIGHTS).is_file()]
     if aside:
         return aside[-1]
     raise CheckpointError(f"{p}: checkpoint directory not found (expected a folder with {META} and {WEIGHTS})")
@@ -384,7 +326,7 @@ def build_classifier(cfg: ModelConfig, num_classes: int, init: Optional[str] = N
             f"model.init={init}: unknown file type; give a checkpoint directory, an authors' .pth, "
             f"or imagenet:FILE for DeiT weights"
         )
-    if p.parent.is_dir() and any(p.parent.glob(f"{p.name}.old-*")):
+    if aside_copies(p):
         return model, _init_from_ours(model, _checkpoint_dir(p))
     raise CheckpointError(
         f"model.init={init}: not found; give a checkpoint directory, an authors' .pth file, imagenet:FILE, "
