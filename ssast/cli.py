@@ -141,7 +141,7 @@ def cmd_stats(args) -> int:
 
 def cmd_import(args) -> int:
     from ssast.config import DATASET_STATS, ConfigError
-    from ssast.models.authors import import_authors_checkpoint
+    from ssast.models.factory import import_authors_checkpoint
 
     if (args.norm_mean is None) != (args.norm_std is None):
         raise ConfigError("--norm-mean and --norm-std go together: give both, or neither (then --stats)")

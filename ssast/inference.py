@@ -22,7 +22,8 @@ def audio_config_of(meta: dict) -> AudioConfig:
 
 def load_for_inference(path: str, device: torch.device, need_head: bool):
     """A classifier from our checkpoint (or, for embeddings, the encoder of a pretraining checkpoint), in eval mode."""
-    from ssast.models.checkpoint import build_classifier, load_pretrained, read_checkpoint_meta
+    from ssast.models.checkpoint import read_checkpoint_meta
+    from ssast.models.factory import build_classifier, load_pretrained
 
     meta = read_checkpoint_meta(path)
     if meta.get("kind") == "classifier":

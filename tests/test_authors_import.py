@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssast.models.authors import convert_authors_checkpoint, import_authors_checkpoint
-from ssast.models.checkpoint import CheckpointError, build_classifier, load_pretrained
+from ssast.models.authors import convert_authors_checkpoint
+from ssast.models.checkpoint import CheckpointError
+from ssast.models.factory import build_classifier, import_authors_checkpoint, load_pretrained
 from ssast.models.classifier import SSASTClassifier, load_state_strict
 from ssast.models.posembed import WeightMismatchError
 from ssast.models.pretrain import SSASTPretrainModel

@@ -9,14 +9,8 @@ import torch
 
 import ssast.atomic as atomic
 from ssast.config import ModelConfig
-from ssast.models.checkpoint import (
-    CheckpointError,
-    build_classifier,
-    load_pretrained,
-    load_state,
-    read_checkpoint_meta,
-    save_checkpoint,
-)
+from ssast.models.checkpoint import CheckpointError, load_state, read_checkpoint_meta, save_checkpoint
+from ssast.models.factory import build_classifier, load_pretrained
 from ssast.models.classifier import SSASTClassifier
 from ssast.models.posembed import adapt_pos_embed
 from ssast.models.pretrain import SSASTPretrainModel

@@ -1,4 +1,4 @@
-"""Our checkpoint format, model rebuilding from it, and classifier initialisation from any supported source.
+"""Our checkpoint format: writing it atomically and reading it back, strictly.
 
 A checkpoint is a directory holding ``model.safetensors`` (the weights, no ``module.`` prefixes) and ``model.json``::
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -26,19 +24,13 @@ from torch import nn
 
 from ssast.atomic import aside_copies, atomic_write_dir
 from ssast.config import ConfigError, ModelConfig, from_dict
-from ssast.models.classifier import SSASTClassifier, load_encoder_into, load_state_strict
-from ssast.models.imagenet import deit_name_for, deit_to_encoder_state, unwrap_state
-from ssast.models.posembed import WeightMismatchError
+from ssast.models.weightfiles import CheckpointError
 
 FORMAT = "ssast"
 VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "model.json"
 KINDS = ("pretrain", "classifier")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit: the message names the file and what is wrong."""
 
 
 def _unwrap_model(model: nn.Module) -> nn.Module:
@@ -114,7 +106,7 @@ def save_checkpoint(
 # Reading
 
 
-def _checkpoint_dir(path: str | Path) -> Path:
+def checkpoint_dir(path: str | Path) -> Path:
     """The checkpoint directory of a folder, model.json or model.safetensors path (recovers an interrupted save)."""
     p = Path(path)
     if p.name in (WEIGHTS, META) and not p.is_dir():
@@ -130,7 +122,7 @@ def _checkpoint_dir(path: str | Path) -> Path:
 
 def read_checkpoint_meta(path: str | Path) -> dict:
     """The metadata (model.json) of a checkpoint directory, checked for format, version and kind."""
-    d = _checkpoint_dir(path)
+    d = checkpoint_dir(path)
     f = d / META
     try:
         meta = json.loads(f.read_text())
@@ -153,7 +145,7 @@ def read_checkpoint_meta(path: str | Path) -> dict:
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The weights (model.safetensors) of a checkpoint directory, on the CPU."""
-    f = _checkpoint_dir(path) / WEIGHTS
+    f = checkpoint_dir(path) / WEIGHTS
     if not f.is_file():
         raise CheckpointError(f"{f}: missing; the checkpoint is incomplete")
     try:
@@ -168,167 +160,3 @@ def meta_model_config(meta: dict, where: str = "model.json") -> ModelConfig:
         return from_dict(ModelConfig, meta["model"], "model")
     except ConfigError as e:
         raise CheckpointError(f"{where}: invalid model configuration: {e}") from None
-
-
-def build_model(kind: str, cfg: ModelConfig, num_classes: int = 0) -> nn.Module:
-    """A freshly initialised model of this kind: SSASTPretrainModel ("pretrain") or SSASTClassifier ("classifier")."""
-    if kind == "pretrain":
-        from ssast.models.pretrain import SSASTPretrainModel
-
-        return SSASTPretrainModel(cfg)
-    if kind == "classifier":
-        return SSASTClassifier(cfg, num_classes)
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-
-
-def load_pretrained(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the exact model of a checkpoint and load it strictly; returns (eval model, meta)."""
-    d = _checkpoint_dir(path)
-    meta = read_checkpoint_meta(d)
-    cfg = meta_model_config(meta, str(d / META))
-    model = build_model(meta["kind"], cfg, int(meta.get("num_classes") or 0))
-    try:
-        load_state_strict(model, load_state(d), what=f"{meta['kind']} model described by {META}")
-    except WeightMismatchError as e:
-        raise CheckpointError(f"{d / WEIGHTS}: {e}") from None
-    return model.to(device).eval(), meta
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Classifier initialisation
-
-
-def _load_failure(e: Exception) -> str:
-    """The one useful line of a torch.load error (its text runs over several lines of general advice)."""
-    text = str(e)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if found:
-        return f"it holds Python objects ({found.group(1)}), not only tensors"
-    if "WeightsUnpickler error:" in text:  # e.g. "Unsupported operand 31": not a pickle of tensors at all
-        text = text.split("WeightsUnpickler error:", 1)[1]
-        return next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__).split(". ")[0]
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
-
-
-def load_torch_file(path: str | Path, expected: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU; a file it cannot read is one CheckpointError line that
-    names the file and says what was ``expected`` there."""
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # noise before the real error
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and weights-only errors all mean the same thing to the user
-        raise CheckpointError(
-            f"{path}: cannot be read as PyTorch weights ({_load_failure(e)}); expected {expected}"
-        ) from None
-
-
-def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """A tensor dict from a .safetensors or (weights-only) PyTorch file; errors name the file."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        if path.suffix == ".safetensors":
-            obj: Any = safetensors.torch.load_file(str(path), device="cpu")
-        else:
-            obj = load_torch_file(path, "a timm DeiT/ViT state dict (.pth, .pt or .safetensors)")
-        return unwrap_state(obj)
-    except CheckpointError:
-        raise
-    except Exception as e:  # unreadable, not weights-only, or not a tensor dict: one message for the user
-        raise CheckpointError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from None
-
-
-def _timm_pretrained_state(name: str) -> dict[str, torch.Tensor]:
-    """Weights of a timm model from its hub (needs network access)."""
-    import timm
-
-    try:
-        return timm.create_model(name, pretrained=True).state_dict()
-    except Exception as e:  # hub, network and unknown-name errors all need the same advice
-        raise CheckpointError(
-            f"imagenet:timm:{name}: could not get timm's pretrained weights ({type(e).__name__}: {e}). "
-            f"Without network access, download them elsewhere and use init=imagenet:/path/to/{name}.safetensors"
-        ) from None
-
-
-def _load_encoder_part(model: SSASTClassifier, state: dict, src_cfg: ModelConfig, where: Path) -> tuple[str, str]:
-    """Load the ``encoder.*`` tensors of a full model state into ``model``; returns (notes, what was dropped)."""
-    encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
-    dropped = sorted({k.split(".")[0] for k in state if not k.startswith("encoder.")})
-    try:
-        notes = load_encoder_into(model, encoder_state, src_cfg)
-    except WeightMismatchError as e:
-        raise CheckpointError(f"{where}: {e}") from None
-    return notes, ", ".join(dropped) or "nothing"
-
-
-def _init_from_ours(model: SSASTClassifier, d: Path) -> str:
-    """Load the encoder of our checkpoint (pretraining or classifier kind) into ``model``."""
-    meta = read_checkpoint_meta(d)
-    src_cfg = meta_model_config(meta, str(d / META))
-    notes, dropped = _load_encoder_part(model, load_state(d), src_cfg, d)
-    return f"encoder from {meta['kind']} checkpoint {d} ({notes}); dropped: {dropped}"
-
-
-def _init_from_authors(model: SSASTClassifier, f: Path) -> str:
-    """Load the encoder of an authors' released .pth into ``model``."""
-    # Imported here: authors.py builds on this module (it saves our format).
-    from ssast.models.authors import load_authors_file
-
-    kind, src_cfg, state, _ = load_authors_file(f)
-    notes, dropped = _load_encoder_part(model, state, src_cfg, f)
-    return f"encoder from the authors' {kind} checkpoint {f} ({notes}); dropped: {dropped}"
-
-
-def _init_from_imagenet(model: SSASTClassifier, cfg: ModelConfig, spec: str) -> str:
-    """DeiT initialisation from a local weights file or (with network) timm's hub."""
-    if spec == "timm" or spec.startswith("timm:"):
-        name = spec[len("timm:") :] or deit_name_for(cfg.resolved().dim)
-        source = f"timm {name}"
-        state = _timm_pretrained_state(name)
-    else:
-        if not spec:
-            raise CheckpointError("init=imagenet: needs a weights file or 'timm', e.g. imagenet:deit_base.safetensors")
-        source = spec
-        state = _read_weights_file(Path(spec))
-    try:
-        load_state_strict(model.encoder, deit_to_encoder_state(state, cfg), what="classifier's encoder")
-    except WeightMismatchError as e:
-        raise CheckpointError(f"{source}: {e}") from None
-    g = model.encoder.grid
-    return (
-        f"encoder from ImageNet DeiT {source} (RGB patch weights summed, positions adapted to {g[0]}x{g[1]}); "
-        "dropped: head, head_dist"
-    )
-
-
-def build_classifier(cfg: ModelConfig, num_classes: int, init: Optional[str] = None) -> tuple[SSASTClassifier, str]:
-    """A classifier for fine-tuning, initialised from ``init`` (default ``cfg.init``); returns (model, what was done).
-
-    ``init``: "" or "scratch" (random), a checkpoint directory of ours (pretraining or classifier: encoder only),
-    an authors' ``.pth``/``.pt`` file, "imagenet:FILE" (a timm DeiT state dict) or "imagenet:timm[:NAME]" (needs a hub).
-    """
-    init = cfg.init if init is None else init
-    model = SSASTClassifier(cfg, num_classes)
-    if init in ("", "scratch"):
-        return model, "random initialisation"
-    if init.startswith("imagenet:"):
-        return model, _init_from_imagenet(model, cfg, init[len("imagenet:") :])
-    p = Path(init)
-    if p.is_dir() or p.name in (META, WEIGHTS):
-        return model, _init_from_ours(model, _checkpoint_dir(p))
-    if p.is_file() and p.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        return model, _init_from_authors(model, p)
-    if p.is_file():
-        raise CheckpointError(
-            f"model.init={init}: unknown file type; give a checkpoint directory, an authors' .pth, "
-            f"or imagenet:FILE for DeiT weights"
-        )
-    if aside_copies(p):
-        return model, _init_from_ours(model, _checkpoint_dir(p))
-    raise CheckpointError(
-        f"model.init={init}: not found; give a checkpoint directory, an authors' .pth file, imagenet:FILE, "
-        f"imagenet:timm or scratch"
-    )

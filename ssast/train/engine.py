@@ -75,7 +75,7 @@ class PretrainTask:
         self.cfg, self.rt = cfg, rt
 
     def build_model(self) -> tuple[nn.Module, str]:
-        from ssast.models.checkpoint import load_pretrained
+        from ssast.models.factory import load_pretrained
         from ssast.models.pretrain import build_pretrain_model
 
         model = build_pretrain_model(self.cfg.model)
@@ -119,7 +119,7 @@ class FinetuneTask:
         self.monitor = "mAP" if cfg.data.multilabel else "accuracy"
 
     def build_model(self) -> tuple[nn.Module, str]:
-        from ssast.models.checkpoint import build_classifier
+        from ssast.models.factory import build_classifier
 
         return build_classifier(self.cfg.model, len(self.labels), self.cfg.model.init or None)
 
