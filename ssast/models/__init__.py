@@ -9,6 +9,12 @@ from ssast.models.tokenizer import InputShapeError, PatchEmbed, grid_shape, patc
 from ssast.models.posembed import WeightMismatchError, adapt_pos_embed, adapt_prefix
 from ssast.models.classifier import SSASTClassifier, load_encoder_into, load_state_strict
 from ssast.models.imagenet import DEIT_NAMES, deit_to_encoder_state
-from ssast.models.checkpoint import CheckpointError, load_state, read_checkpoint_meta, save_checkpoint
+from ssast.models.checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    load_state,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
 from ssast.models.authors import convert_authors_checkpoint
 from ssast.models.factory import build_classifier, build_model, import_authors_checkpoint, load_pretrained

@@ -1,21 +1,25 @@
-"""Our checkpoint format: writing it atomically and reading it back, strictly.
+"""Our checkpoint format: the typed metadata record, writing it atomically and reading it back, strictly.
 
-A checkpoint is a directory holding ``model.safetensors`` (the weights, no ``module.`` prefixes) and ``model.json``::
+A checkpoint is a directory holding ``model.safetensors`` (the weights, no ``module.`` prefixes) and ``model.json``,
+the fields of :class:`CheckpointMeta`::
 
-    {"format": "ssast", "version": 1, "kind": "pretrain" | "classifier", "model": {ModelConfig fields},
-     "num_classes": C, "labels": [...] | null, "label_ids": [...] | null, "norm": {"mean": m, "std": s} | null,
-     "extra": {...}}
+    {"format": "ssast", "version": 2, "kind": "pretrain" | "classifier", "model": {ModelConfig fields},
+     "num_classes": C, "labels": [...] | null, "label_ids": [...] | null, "audio": {AudioConfig fields} | null,
+     "multilabel": false, "step": N | null, "epoch": N | null, "task": "pretrain" | "finetune" | null,
+     "imported_from": "file.pth" | null}
 
-so the JSON alone rebuilds the exact model. Saving is atomic (:func:`ssast.atomic.atomic_write_dir`): a crash at any
-point leaves either the old or the new complete checkpoint under the path, and readers fall back to the old copy that
-an interrupted save left aside.
+so the JSON alone rebuilds the exact model and says how to make its input features. Version 1 files (feature
+settings and training provenance in a free-form ``extra``, statistics in ``norm``) are still read. Saving is atomic
+(:func:`ssast.atomic.atomic_write_dir`): a crash at any point leaves either the old or the new complete checkpoint
+under the path, and readers fall back to the old copy that an interrupted save left aside.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Callable, Literal, Optional
 
 import safetensors
 import safetensors.torch
@@ -23,14 +27,33 @@ import torch
 from torch import nn
 
 from ssast.atomic import aside_copies, atomic_write_dir
-from ssast.config import ConfigError, ModelConfig, from_dict
+from ssast.config import AudioConfig, ConfigError, ModelConfig, from_dict
 from ssast.models.weightfiles import CheckpointError
 
 FORMAT = "ssast"
-VERSION = 1
+VERSION = 2
 WEIGHTS = "model.safetensors"
 META = "model.json"
 KINDS = ("pretrain", "classifier")
+
+
+@dataclass
+class CheckpointMeta:
+    """What ``model.json`` holds: the model to rebuild, its labels, and the audio features it was trained on."""
+
+    kind: Literal["pretrain", "classifier"]
+    model: ModelConfig
+    num_classes: int = 0  # classes of the head, 0 for pretraining; save_checkpoint takes it from the model
+    labels: Optional[list[str]] = None  # class names in head order
+    label_ids: Optional[list[str]] = None  # class ids (e.g. AudioSet mids) in head order
+    audio: Optional[AudioConfig] = None  # features and normalisation (norm_mean/norm_std); None: not recorded
+    multilabel: bool = False  # sigmoid scores instead of softmax
+    step: Optional[int] = None  # training provenance: optimiser steps, finished epochs, the run's task
+    epoch: Optional[int] = None
+    task: Optional[str] = None
+    imported_from: Optional[str] = None  # the authors' file it was converted from
+    format: str = FORMAT
+    version: int = VERSION  # the layout of the file it was read from; saving always writes VERSION
 
 
 def _unwrap_model(model: nn.Module) -> nn.Module:
@@ -44,58 +67,37 @@ def _unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def _norm_dict(norm: Any) -> Optional[dict[str, float]]:
-    """Normalisation statistics as {"mean", "std"} from a dict or a (mean, std) pair."""
-    if norm is None:
-        return None
-    if isinstance(norm, Mapping):
-        return {"mean": float(norm["mean"]), "std": float(norm["std"])}
-    mean, std = norm
-    return {"mean": float(mean), "std": float(std)}
-
-
 def save_checkpoint(
     path_dir: str | Path,
     model: nn.Module,
+    meta: CheckpointMeta,
     *,
-    kind: str,
-    model_cfg: ModelConfig,
-    labels: Optional[Sequence[str]] = None,
-    label_ids: Optional[Sequence[str]] = None,
-    norm: Any = None,
-    extra: Optional[dict] = None,
     write_more: Optional[Callable[[Path], None]] = None,
 ) -> Path:
-    """Write ``model`` and the metadata that rebuilds it into directory ``path_dir``, atomically; returns the path.
+    """Write ``model`` and its metadata into directory ``path_dir``, atomically; returns the path.
 
-    ``write_more(folder)`` may add files (a trainer state) to the folder before it gets its final name, so the whole
-    folder appears at once or not at all."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    ``meta.num_classes`` is taken from the model (a different non-zero value is an error). ``write_more(folder)`` may
+    add files (a trainer state) to the folder before it gets its final name, so the whole folder appears at once or
+    not at all."""
+    if meta.kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {meta.kind!r}")
     model = _unwrap_model(model)
-    num_classes = int(getattr(model, "num_classes", 0)) if kind == "classifier" else 0
-    for name, values in (("labels", labels), ("label_ids", label_ids)):
-        if values is not None and kind == "classifier" and len(values) != num_classes:
+    num_classes = int(getattr(model, "num_classes", 0)) if meta.kind == "classifier" else 0
+    if meta.num_classes not in (0, num_classes):
+        raise ValueError(f"metadata says {meta.num_classes} classes for a {num_classes}-class model")
+    for name, values in (("labels", meta.labels), ("label_ids", meta.label_ids)):
+        if values is not None and meta.kind == "classifier" and len(values) != num_classes:
             raise ValueError(f"{name} has {len(values)} entries for a {num_classes}-class model")
     target = Path(path_dir)
     if target.exists() and not target.is_dir():
         raise CheckpointError(f"{target}: exists and is not a directory; choose another checkpoint path")
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "kind": kind,
-        "model": dataclasses.asdict(model_cfg),
-        "num_classes": num_classes,
-        "labels": list(labels) if labels is not None else None,
-        "label_ids": list(label_ids) if label_ids is not None else None,
-        "norm": _norm_dict(norm),
-        "extra": dict(extra or {}),
-    }
+    fields = dataclasses.asdict(dataclasses.replace(meta, num_classes=num_classes))
+    doc = {"format": FORMAT, "version": VERSION, **{k: v for k, v in fields.items() if k not in ("format", "version")}}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
     def write(folder: Path) -> None:
         safetensors.torch.save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
-        (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
+        (folder / META).write_text(json.dumps(doc, indent=2) + "\n")
         if write_more is not None:
             write_more(folder)
 
@@ -120,27 +122,45 @@ def checkpoint_dir(path: str | Path) -> Path:
     raise CheckpointError(f"{p}: checkpoint directory not found (expected a folder with {META} and {WEIGHTS})")
 
 
-def read_checkpoint_meta(path: str | Path) -> dict:
-    """The metadata (model.json) of a checkpoint directory, checked for format, version and kind."""
+def _from_version_1(doc: dict) -> dict:
+    """A version-1 model.json in the current layout: the trainer and the authors' import wrote the feature settings
+    and provenance into a free-form ``extra``, and the statistics (which take precedence) into ``norm``."""
+    extra = doc.pop("extra", None) or {}
+    norm = doc.pop("norm", None) or {}
+    audio = extra.get("audio")
+    if audio is not None or norm:
+        audio = dict(audio or {})
+        audio.update({name: norm[key] for key, name in (("mean", "norm_mean"), ("std", "norm_std")) if key in norm})
+    kept = ("multilabel", "step", "epoch", "task", "imported_from")
+    return {**doc, **{k: extra[k] for k in kept if k in extra}, "audio": audio}
+
+
+def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
+    """The metadata (model.json) of a checkpoint directory, checked for format, version, kind and field types."""
     d = checkpoint_dir(path)
     f = d / META
     try:
-        meta = json.loads(f.read_text())
+        doc = json.loads(f.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{f}: missing; {d} is not an ssast checkpoint") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{f}: not valid JSON ({e}); the checkpoint is damaged") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{f}: not an ssast checkpoint (no \"format\": \"{FORMAT}\")")
-    if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
+    if not isinstance(doc.get("version"), int) or doc["version"] > VERSION:
         raise CheckpointError(
-            f"{f}: checkpoint version {meta.get('version')!r} is newer than this ssast reads ({VERSION}); upgrade ssast"
+            f"{f}: checkpoint version {doc.get('version')!r} is newer than this ssast reads ({VERSION}); upgrade ssast"
         )
-    if meta.get("kind") not in KINDS:
-        raise CheckpointError(f"{f}: kind {meta.get('kind')!r} is not one of {', '.join(KINDS)}")
-    if not isinstance(meta.get("model"), dict):
+    if doc.get("kind") not in KINDS:
+        raise CheckpointError(f"{f}: kind {doc.get('kind')!r} is not one of {', '.join(KINDS)}")
+    if not isinstance(doc.get("model"), dict):
         raise CheckpointError(f"{f}: no \"model\" configuration")
-    return meta
+    if doc["version"] < 2:
+        doc = _from_version_1(doc)
+    try:
+        return from_dict(CheckpointMeta, doc)
+    except ConfigError as e:
+        raise CheckpointError(f"{f}: invalid metadata: {e}") from None
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -152,11 +172,3 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         return safetensors.torch.load_file(str(f), device="cpu")
     except (safetensors.SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{f}: cannot read the weights ({e}); the checkpoint is damaged") from None
-
-
-def meta_model_config(meta: dict, where: str = "model.json") -> ModelConfig:
-    """The ModelConfig stored in checkpoint metadata."""
-    try:
-        return from_dict(ModelConfig, meta["model"], "model")
-    except ConfigError as e:
-        raise CheckpointError(f"{where}: invalid model configuration: {e}") from None

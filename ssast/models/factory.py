@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,9 +21,9 @@ from ssast.models.checkpoint import (
     KINDS,
     META,
     WEIGHTS,
+    CheckpointMeta,
     checkpoint_dir,
     load_state,
-    meta_model_config,
     read_checkpoint_meta,
     save_checkpoint,
 )
@@ -45,14 +44,13 @@ def build_model(kind: str, cfg: ModelConfig, num_classes: int = 0) -> nn.Module:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
-def load_pretrained(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the exact model of a checkpoint and load it strictly; returns (eval model, meta)."""
+def load_pretrained(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the exact model of a checkpoint and load it strictly; returns (eval model, its metadata)."""
     d = checkpoint_dir(path)
     meta = read_checkpoint_meta(d)
-    cfg = meta_model_config(meta, str(d / META))
-    model = build_model(meta["kind"], cfg, int(meta.get("num_classes") or 0))
+    model = build_model(meta.kind, meta.model, meta.num_classes)
     try:
-        load_state_strict(model, load_state(d), what=f"{meta['kind']} model described by {META}")
+        load_state_strict(model, load_state(d), what=f"{meta.kind} model described by {META}")
     except WeightMismatchError as e:
         raise CheckpointError(f"{d / WEIGHTS}: {e}") from None
     return model.to(device).eval(), meta
@@ -105,9 +103,8 @@ def _load_encoder_part(model: SSASTClassifier, state: dict, src_cfg: ModelConfig
 def _init_from_ours(model: SSASTClassifier, d: Path) -> str:
     """Load the encoder of our checkpoint (pretraining or classifier kind) into ``model``."""
     meta = read_checkpoint_meta(d)
-    src_cfg = meta_model_config(meta, str(d / META))
-    notes, dropped = _load_encoder_part(model, load_state(d), src_cfg, d)
-    return f"encoder from {meta['kind']} checkpoint {d} ({notes}); dropped: {dropped}"
+    notes, dropped = _load_encoder_part(model, load_state(d), meta.model, d)
+    return f"encoder from {meta.kind} checkpoint {d} ({notes}); dropped: {dropped}"
 
 
 def _init_from_authors(model: SSASTClassifier, f: Path) -> str:
@@ -182,7 +179,7 @@ def import_authors_checkpoint(
     input_tdim: Optional[int] = None,
     pooling: str = "mean",
     norm: Optional[tuple[float, float]] = None,
-) -> dict:
+) -> CheckpointMeta:
     """Convert the authors' ``.pth`` file into our checkpoint directory ``dst_dir``; returns its metadata.
 
     The checkpoint carries the feature settings inference needs: the model's input length (``audio.target_length``)
@@ -197,8 +194,7 @@ def import_authors_checkpoint(
     except WeightMismatchError as e:
         raise CheckpointError(f"{src_pth}: {e}") from None
     mean, std = norm or DATASET_STATS["audioset"]
-    audio = dataclasses.asdict(AudioConfig(num_mel_bins=cfg.input_fdim, target_length=cfg.input_tdim,
-                                           norm_mean=mean, norm_std=std))
-    save_checkpoint(dst_dir, model, kind=kind, model_cfg=cfg, norm=(mean, std),
-                    extra={"imported_from": src_pth.name, "audio": audio})
+    audio = AudioConfig(num_mel_bins=cfg.input_fdim, target_length=cfg.input_tdim, norm_mean=mean, norm_std=std)
+    meta = CheckpointMeta(kind=kind, model=cfg, audio=audio, imported_from=src_pth.name)
+    save_checkpoint(dst_dir, model, meta)
     return read_checkpoint_meta(dst_dir)

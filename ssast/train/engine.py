@@ -82,7 +82,7 @@ class PretrainTask:
         info = "pretraining from random initialisation"
         if self.cfg.model.init and self.cfg.model.init != "scratch":
             src, meta = load_pretrained(self.cfg.model.init)
-            if meta.get("kind") != "pretrain":
+            if meta.kind != "pretrain":
                 raise ConfigError(f"model.init={self.cfg.model.init}: continuing pretraining needs a pretraining checkpoint")
             model.load_state_dict(src.state_dict(), strict=True)
             info = f"pretraining continues from {self.cfg.model.init}"
@@ -334,16 +334,20 @@ class Trainer:
         self.wa_state, self.wa_count = st["wa_state"], st["wa_count"]
         self._restored_rng = st["rng"]  # applied when the loop starts, after everything set-up may draw
 
-    def _model_meta(self) -> dict:
+    def _model_meta(self) -> "CheckpointMeta":
+        from ssast.models.checkpoint import CheckpointMeta
+
         labels = self.labels
-        return dict(
+        return CheckpointMeta(
             kind=self.task.kind,
-            model_cfg=self.cfg.model,
+            model=self.cfg.model,
             labels=list(labels.names) if labels is not None else None,
             label_ids=list(labels.ids) if labels is not None else None,
-            norm={"mean": self.cfg.audio.norm_mean, "std": self.cfg.audio.norm_std},
-            extra={"step": self.step, "epoch": self.epoch, "task": self.cfg.task, "audio": asdict(self.cfg.audio),
-                   "multilabel": self.cfg.data.multilabel},
+            audio=self.cfg.audio,
+            multilabel=self.cfg.data.multilabel,
+            step=self.step,
+            epoch=self.epoch,
+            task=self.cfg.task,
         )
 
     def save(self) -> Path | None:
@@ -357,7 +361,7 @@ class Trainer:
 
         d = ck.step_dir(self.run_dir, self.step)
         try:
-            save_checkpoint(d, self.model, **self._model_meta(),
+            save_checkpoint(d, self.model, self._model_meta(),
                             write_more=lambda folder: write_state(folder, self._trainer_state()))
         except (OSError, SafetensorError) as e:
             last = ck.list_checkpoints(self.run_dir)
@@ -376,7 +380,7 @@ class Trainer:
         from ssast.models.checkpoint import save_checkpoint
 
         d = self.run_dir / name
-        save_checkpoint(d, model or self.model, **self._model_meta())
+        save_checkpoint(d, model or self.model, self._model_meta())
         return d
 
     # -- signals -------------------------------------------------------------------------------------------------
