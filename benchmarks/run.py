@@ -202,7 +202,7 @@ def pretrain_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype]
 
 def classifier(spec: Spec, device: torch.device):
     """The fine-tuning classifier at 16x16 stride 10, randomly initialised, on the device."""
-    from ssast.models.checkpoint import build_classifier
+    from ssast.models.factory import build_classifier
 
     model, _ = build_classifier(model_config(spec, finetune=True), NUM_CLASSES, "scratch")
     return model.to(device)

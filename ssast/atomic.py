@@ -1,11 +1,16 @@
-"""Crash-safe file writing: write a temporary sibling, fsync, rename over the target, fsync the folder.
+"""Crash-safe writing: write a temporary sibling, fsync, rename over the target, fsync the folder.
 
-A reader (or a resumed run) then sees either the old complete file or the new complete file, never half of one.
+A reader (or a resumed run) then sees either the old complete file or folder or the new complete one, never half of
+one: :func:`atomic_write` for files, :func:`atomic_write_dir` for folders (checkpoints).
 :func:`check_output` says before any work starts when an output path cannot be written at all.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, IO
@@ -46,6 +51,74 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = T
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def atomic_write_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
+    """Fill a sibling ``<name>.tmp-*`` folder with ``write(folder)``, fsync it, then swap it in as ``target``.
+
+    A crash at any point leaves either the old or the new complete folder at ``target``. The swap is one rename
+    (Linux ``renameat2(RENAME_EXCHANGE)`` when ``target`` exists); where the exchange is not available the old folder
+    is first renamed aside to ``<name>.old-*``, which :func:`aside_copies` finds if the crash fell between the two
+    renames. A failing ``write`` leaves nothing behind. Returns ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        for f in (*tmp.iterdir(), tmp):
+            fsync_path(f)
+        _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def aside_copies(target: str | Path) -> list[Path]:
+    """Old copies of folder ``target`` that an interrupted :func:`atomic_write_dir` left renamed aside, oldest first."""
+    p = Path(target)
+    if not p.parent.is_dir():
+        return []
+    return sorted(p.parent.glob(f"{p.name}.old-*"), key=lambda q: q.stat().st_mtime)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Make folder ``tmp`` the folder at ``target``, replacing any old one so a crash leaves old or new intact."""
+    parent = target.parent
+    if not target.exists():
+        os.replace(tmp, target)
+    elif _exchange(tmp, target):
+        shutil.rmtree(tmp)  # tmp now holds the old folder
+    else:
+        aside = Path(tempfile.mkdtemp(prefix=f"{target.name}.old-", dir=parent))
+        os.rmdir(aside)
+        os.replace(target, aside)
+        os.replace(tmp, target)
+        fsync_path(parent)
+        shutil.rmtree(aside)
+    fsync_path(parent)
+    # Old copies left aside by an earlier interrupted write are superseded now.
+    for stale in parent.glob(f"{target.name}.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def check_output(path: str | Path, *, folder: bool, what: str) -> Path:

@@ -141,17 +141,17 @@ def cmd_stats(args) -> int:
 
 def cmd_import(args) -> int:
     from ssast.config import DATASET_STATS, ConfigError
-    from ssast.models.authors import import_authors_checkpoint
+    from ssast.models.factory import import_authors_checkpoint
 
     if (args.norm_mean is None) != (args.norm_std is None):
         raise ConfigError("--norm-mean and --norm-std go together: give both, or neither (then --stats)")
     norm = (args.norm_mean, args.norm_std) if args.norm_mean is not None else DATASET_STATS[args.stats]
     meta = import_authors_checkpoint(args.source, args.out, pooling=args.pooling, input_tdim=args.input_tdim,
                                      fstride=args.fstride, tstride=args.tstride, norm=norm)
-    m = meta["model"]
-    print(f"converted {args.source} -> {args.out}: {meta['kind']}, dim {m['dim']}, depth {m['depth']}, "
-          f"patch {m['fshape']}x{m['tshape']} stride {m['fstride']}x{m['tstride']}, {m['input_tdim']} frames, "
-          f"normalisation mean {meta['norm']['mean']:.7g} std {meta['norm']['std']:.7g}")
+    m = meta.model
+    print(f"converted {args.source} -> {args.out}: {meta.kind}, dim {m.dim}, depth {m.depth}, "
+          f"patch {m.fshape}x{m.tshape} stride {m.fstride}x{m.tstride}, {m.input_tdim} frames, "
+          f"normalisation mean {meta.audio.norm_mean:.7g} std {meta.audio.norm_std:.7g}")
     return 0
 
 

@@ -84,10 +84,6 @@ class ModelConfig:
         self.fstride = self.fstride or self.fshape
         self.tstride = self.tstride or self.tshape
 
-    def resolved(self) -> "ModelConfig":
-        """The config itself: resolution happens at construction (kept for callers of the old API)."""
-        return self
-
     @property
     def is_frame(self) -> bool:
         return self.fshape == self.input_fdim and self.fshape != self.tshape

@@ -4,35 +4,35 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
 
-from ssast.config import AudioConfig, AugmentConfig, Config, ConfigError, ModelConfig, from_dict
+from ssast.config import AudioConfig, AugmentConfig, Config, ConfigError
+
+if TYPE_CHECKING:  # the models are imported only by the commands that use them
+    from ssast.models.checkpoint import CheckpointMeta
 
 
-def audio_config_of(meta: dict) -> AudioConfig:
-    """The feature settings a checkpoint was trained with (stored in its metadata)."""
-    audio = (meta.get("extra") or {}).get("audio")
-    cfg = from_dict(AudioConfig, audio) if audio else AudioConfig()
-    norm = meta.get("norm") or {}
-    return replace(cfg, norm_mean=norm.get("mean", cfg.norm_mean), norm_std=norm.get("std", cfg.norm_std), crop="start")
+def audio_config_of(meta: CheckpointMeta) -> AudioConfig:
+    """The feature settings a checkpoint was trained with (the defaults where it has none), cropping at the start."""
+    return replace(meta.audio or AudioConfig(), crop="start")
 
 
 def load_for_inference(path: str, device: torch.device, need_head: bool):
     """A classifier from our checkpoint (or, for embeddings, the encoder of a pretraining checkpoint), in eval mode."""
-    from ssast.models.checkpoint import build_classifier, load_pretrained, read_checkpoint_meta
+    from ssast.models.checkpoint import read_checkpoint_meta
+    from ssast.models.factory import build_classifier, load_pretrained
 
     meta = read_checkpoint_meta(path)
-    if meta.get("kind") == "classifier":
+    if meta.kind == "classifier":
         model, meta = load_pretrained(path)
     elif need_head:
         raise ConfigError(f"{path} is a pretraining checkpoint: fine-tune it first (ssast finetune) to predict labels")
     else:
         # the classifier path without a head: the encoder is loaded strictly, the decoder and heads are dropped
-        mcfg = from_dict(ModelConfig, meta["model"])
-        model, _ = build_classifier(replace(mcfg, init=""), 1, path)
+        model, _ = build_classifier(replace(meta.model, init=""), 1, path)
     return model.to(device).eval(), meta
 
 
@@ -68,8 +68,8 @@ def predict_files(ckpt: str, files: list[str], top_k: int = 5, device: str = "cp
     dev = torch.device(device)
     model, meta = load_for_inference(ckpt, dev, need_head=True)
     audio = audio_config_of(meta)
-    multilabel = bool((meta.get("extra") or {}).get("multilabel", False))
-    names = meta.get("labels") or [str(i) for i in range(meta.get("num_classes", 0))]
+    multilabel = meta.multilabel
+    names = meta.labels or [str(i) for i in range(meta.num_classes)]
     outs = run_files(model, files, audio, dev, batch_size, lambda x: model(x).float())
     logits = torch.cat(outs)
     probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)
@@ -121,7 +121,7 @@ def evaluate_checkpoint(ckpt: str | list[str], cfg: Config) -> dict:
         model, meta = load_for_inference(str(path), rt.device, need_head=True)
         run_cfg = replace(cfg, audio=audio_config_of(meta), task="finetune")
         labels = load_label_set(run_cfg)
-        if meta.get("label_ids") and list(labels.ids) != list(meta["label_ids"]):
+        if meta.label_ids and list(labels.ids) != meta.label_ids:
             raise ConfigError(f"data.label_csv: its labels differ from those {path} was trained on")
         features = FeatureExtractor(run_cfg.audio, AugmentConfig()).to(rt.device)
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssast.models.authors import convert_authors_checkpoint, import_authors_checkpoint
-from ssast.models.checkpoint import CheckpointError, build_classifier, load_pretrained
+from ssast.models.authors import convert_authors_checkpoint
+from ssast.models.checkpoint import CheckpointError
+from ssast.models.factory import build_classifier, import_authors_checkpoint, load_pretrained
 from ssast.models.classifier import SSASTClassifier, load_state_strict
 from ssast.models.posembed import WeightMismatchError
 from ssast.models.pretrain import SSASTPretrainModel
@@ -205,7 +206,7 @@ def test_import_file_round_trip_and_init(tmp_path):
     f = tmp_path / "SSAST-Tiny-Patch-400.pth"
     torch.save(sd, f)
     meta = import_authors_checkpoint(f, tmp_path / "imported")
-    assert meta["kind"] == "pretrain" and meta["extra"]["imported_from"] == f.name
+    assert meta.kind == "pretrain" and meta.imported_from == f.name
     model, _ = load_pretrained(tmp_path / "imported")
     x = torch.randn(2, 64, 32)
     idx = _sorted_mask_index(2, 8, 4)
@@ -255,8 +256,8 @@ def test_imported_checkpoint_carries_its_audio_length_and_statistics(tmp_path, c
                  "--fstride", "10", "--tstride", "10"]) == 0
     assert "normalisation mean -6.626808 std 5.358466" in capsys.readouterr().out
     meta = json.loads((out / "model.json").read_text())
-    assert meta["extra"]["audio"]["target_length"] == 256
-    assert (meta["norm"]["mean"], meta["norm"]["std"]) == pytest.approx(DATASET_STATS["esc50"])
+    assert meta["audio"]["target_length"] == 256
+    assert (meta["audio"]["norm_mean"], meta["audio"]["norm_std"]) == pytest.approx(DATASET_STATS["esc50"])
     wav = tmp_path / "clip.wav"
     make_wav(wav, 4.0)  # longer than 256 frames: cropped to the model's window
     assert main(["predict", str(out), str(wav), "--json"]) == 0
@@ -266,6 +267,7 @@ def test_imported_checkpoint_carries_its_audio_length_and_statistics(tmp_path, c
     # own statistics; one of the pair alone is refused in one line
     assert main(["import-checkpoint", str(src), str(tmp_path / "own"), "--input-tdim", "256", "--norm-mean", "-5",
                  "--norm-std", "3"]) == 0
-    assert json.loads((tmp_path / "own" / "model.json").read_text())["norm"] == {"mean": -5.0, "std": 3.0}
+    own = json.loads((tmp_path / "own" / "model.json").read_text())["audio"]
+    assert (own["norm_mean"], own["norm_std"]) == (-5.0, 3.0)
     assert main(["import-checkpoint", str(src), str(tmp_path / "x"), "--norm-mean", "-5"]) == 2
     assert "--norm-mean and --norm-std go together" in capsys.readouterr().err

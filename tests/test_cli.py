@@ -123,7 +123,7 @@ def test_import_checkpoint_cli(tmp_path, capsys):
     code, out, err = run(capsys, "import-checkpoint", src, tmp_path / "converted")
     assert code == 0, err
     assert "pretrain, dim 64, depth 2, patch 16x16" in out
-    from ssast.models.checkpoint import load_pretrained
+    from ssast.models.factory import load_pretrained
 
     model, meta = load_pretrained(tmp_path / "converted")
     assert torch.equal(model.encoder.prefix_tokens[0, 1], sd["module.v.dist_token"][0, 0])

@@ -11,11 +11,10 @@ from ssast.models.classifier import SSASTClassifier, load_encoder_into, load_sta
 from ssast.models.imagenet import DEIT_NAMES, deit_to_encoder_state
 from ssast.models.checkpoint import (
     CheckpointError,
-    build_classifier,
-    build_model,
-    load_pretrained,
+    CheckpointMeta,
     load_state,
     read_checkpoint_meta,
     save_checkpoint,
 )
-from ssast.models.authors import convert_authors_checkpoint, import_authors_checkpoint
+from ssast.models.authors import convert_authors_checkpoint
+from ssast.models.factory import build_classifier, build_model, import_authors_checkpoint, load_pretrained

@@ -1,4 +1,5 @@
-"""Import of the SSAST/AST authors' released checkpoints into our models and checkpoint format.
+"""Conversion of the SSAST/AST authors' released checkpoints into our ModelConfig and state dict (a pure converter:
+:func:`ssast.models.factory.import_authors_checkpoint` writes the result in our checkpoint format).
 
 Their files are DataParallel state dicts (every key ``module.``-prefixed) with the encoder under ``v.``
 (timm DeiT names) and either the pretraining heads (``cpredlayer``, ``gpredlayer``, ``mask_embed``, ``p_input_*dim``)
@@ -13,24 +14,16 @@ average the two prefix outputs (``pooling="cls"``); SSAST fine-tuning defaults t
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
 
-from ssast.config import DATASET_STATS, MODEL_SIZES, AudioConfig, ModelConfig
-from ssast.models.checkpoint import (
-    CheckpointError,
-    build_model,
-    load_torch_file,
-    read_checkpoint_meta,
-    save_checkpoint,
-)
-from ssast.models.classifier import load_state_strict
+from ssast.config import MODEL_SIZES, ModelConfig
 from ssast.models.posembed import WeightMismatchError
 from ssast.models.tokenizer import grid_shape
+from ssast.models.weightfiles import CheckpointError, load_torch_file
 
 # The frequency size every released model was trained on (128 mel bins).
 AUTHORS_INPUT_FDIM = 128
@@ -214,34 +207,3 @@ def load_authors_file(
         )
     except WeightMismatchError as e:
         raise CheckpointError(f"{src_pth}: {e}") from None
-
-
-def import_authors_checkpoint(
-    src_pth: str | Path,
-    dst_dir: str | Path,
-    *,
-    fstride: Optional[int] = None,
-    tstride: Optional[int] = None,
-    input_tdim: Optional[int] = None,
-    pooling: str = "mean",
-    norm: Optional[tuple[float, float]] = None,
-) -> dict:
-    """Convert the authors' ``.pth`` file into our checkpoint directory ``dst_dir``; returns its metadata.
-
-    The checkpoint carries the feature settings inference needs: the model's input length (``audio.target_length``)
-    and the normalisation ``norm`` = (mean, std), by default the AudioSet statistics the authors pretrained with."""
-    src_pth = Path(src_pth)
-    kind, cfg, state, num_classes = load_authors_file(
-        src_pth, fstride=fstride, tstride=tstride, input_tdim=input_tdim, pooling=pooling
-    )
-    model = build_model(kind, cfg, num_classes)
-    try:
-        load_state_strict(model, state, what=f"{kind} model")
-    except WeightMismatchError as e:
-        raise CheckpointError(f"{src_pth}: {e}") from None
-    mean, std = norm or DATASET_STATS["audioset"]
-    audio = dataclasses.asdict(AudioConfig(num_mel_bins=cfg.input_fdim, target_length=cfg.input_tdim,
-                                           norm_mean=mean, norm_std=std))
-    save_checkpoint(dst_dir, model, kind=kind, model_cfg=cfg, norm=(mean, std),
-                    extra={"imported_from": src_pth.name, "audio": audio})
-    return read_checkpoint_meta(dst_dir)

@@ -15,7 +15,6 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -212,16 +211,20 @@ class Trainer:
         self.task.load_state_dict(st["task"])
         self._restored_rng = st["rng"]  # applied when the loop starts, after everything set-up may draw
 
-    def _model_meta(self) -> dict:
+    def _model_meta(self) -> "CheckpointMeta":
+        from ssast.models.checkpoint import CheckpointMeta
+
         labels = self.labels
-        return dict(
+        return CheckpointMeta(
             kind=self.task.kind,
-            model_cfg=self.cfg.model,
+            model=self.cfg.model,
             labels=list(labels.names) if labels is not None else None,
             label_ids=list(labels.ids) if labels is not None else None,
-            norm={"mean": self.cfg.audio.norm_mean, "std": self.cfg.audio.norm_std},
-            extra={"step": self.step, "epoch": self.epoch, "task": self.cfg.task, "audio": asdict(self.cfg.audio),
-                   "multilabel": self.cfg.data.multilabel},
+            audio=self.cfg.audio,
+            multilabel=self.cfg.data.multilabel,
+            step=self.step,
+            epoch=self.epoch,
+            task=self.cfg.task,
         )
 
     def save(self) -> Path | None:
@@ -235,7 +238,7 @@ class Trainer:
 
         d = ck.step_dir(self.run_dir, self.step)
         try:
-            save_checkpoint(d, self.model, **self._model_meta(),
+            save_checkpoint(d, self.model, self._model_meta(),
                             write_more=lambda folder: write_state(folder, self._trainer_state()))
         except (OSError, SafetensorError) as e:
             last = ck.list_checkpoints(self.run_dir)
@@ -254,7 +257,7 @@ class Trainer:
         from ssast.models.checkpoint import save_checkpoint
 
         d = self.run_dir / name
-        save_checkpoint(d, model or self.model, **self._model_meta())
+        save_checkpoint(d, model or self.model, self._model_meta())
         return d
 
     # -- signals -------------------------------------------------------------------------------------------------

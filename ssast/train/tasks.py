@@ -37,14 +37,14 @@ class PretrainTask:
         return self.cfg.model.nce_weight <= 0 or self.cfg.model.mse_weight <= 0
 
     def build_model(self) -> tuple[nn.Module, str]:
-        from ssast.models.checkpoint import load_pretrained
+        from ssast.models.factory import load_pretrained
         from ssast.models.pretrain import build_pretrain_model
 
         model = build_pretrain_model(self.cfg.model)
         info = "pretraining from random initialisation"
         if self.cfg.model.init and self.cfg.model.init != "scratch":
             src, meta = load_pretrained(self.cfg.model.init)
-            if meta.get("kind") != "pretrain":
+            if meta.kind != "pretrain":
                 raise ConfigError(f"model.init={self.cfg.model.init}: continuing pretraining needs a pretraining checkpoint")
             model.load_state_dict(src.state_dict(), strict=True)
             info = f"pretraining continues from {self.cfg.model.init}"
@@ -148,7 +148,7 @@ class FinetuneTask:
         self.wa_state, self.wa_count = None, 0  # running mean of the weights over the averaging epochs
 
     def build_model(self) -> tuple[nn.Module, str]:
-        from ssast.models.checkpoint import build_classifier
+        from ssast.models.factory import build_classifier
 
         return build_classifier(self.cfg.model, len(self.labels), self.cfg.model.init or None)
 
