@@ -101,7 +101,7 @@ def write_splits(out: str | Path, splits: Mapping[str, Sequence[Clip]], label_id
 def pack_shards(list_file: str | Path, shard_dir: str | Path, *, shard_size: int, workers: int,
                 max_seconds: float | None = None, label_csv: str | None = None, progress: bool = True) -> dict:
     """Pack a written list into WebDataset shards (``ssast prepare``) and print what was written."""
-    from ssast.data.shards import prepare_shards
+    from ssast.data.shard_writer import prepare_shards
 
     idx = prepare_shards(str(list_file), str(shard_dir), shard_size=shard_size, workers=workers,
                          max_seconds=max_seconds, label_csv=label_csv, progress=progress)
