@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ import webdataset as wds
 
 from ssast.atomic import atomic_write_text, fsync_path
 from ssast.audio.io import AudioError, load_audio
+from ssast.data.lists import Progress
 from ssast.data.manifest import Clip, DataError, list_audio_folder, read_json_list, read_label_csv
 from ssast.data.shard_format import INDEX_FORMAT, INDEX_NAME, INDEX_VERSION, SAMPLE_RATE, shard_name, sidecar_path
 
@@ -165,38 +165,6 @@ def _read_source(source: str, label_csv: str | None) -> list[Clip]:
     return clips
 
 
-class _Progress:
-    """Shard progress on stderr: tqdm when installed, else one rewritten line."""
-
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled, self.bar = total, done, enabled, None
-        if not enabled:
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            self._line()
-        else:
-            self.bar = tqdm(total=total, initial=done, unit="shard", desc="prepare", file=sys.stderr)
-
-    def _line(self) -> None:
-        sys.stderr.write(f"\rprepare: {self.done}/{self.total} shards")
-        sys.stderr.flush()
-
-    def step(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.enabled:
-            self._line()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            sys.stderr.write("\n")
-
-
 def _die_with_parent(parent: int) -> None:
     """Pool-worker start-up: end this worker when the preparing process dies (even by SIGKILL), so a killed
     `prepare` leaves no orphans writing shards. Linux's parent-death signal, else a watcher thread."""
@@ -254,19 +222,19 @@ def prepare_shards(
                 {"out_dir": out_dir, "shard": s, "clips": part, "fingerprint": fp,
                  "max_seconds": max_seconds, "strict": strict}
             )
-    bar = _Progress(num_shards, len(metas), progress)
+    bar = Progress("prepare", num_shards, progress, done=len(metas), unit="shards")
     try:
         if workers <= 1 or len(todo) <= 1:
             for task in todo:
                 metas[task["shard"]] = _write_shard(task)
-                bar.step()
+                bar.update()
         else:
             ctx = multiprocessing.get_context("spawn")  # safe with torch threads and on every platform
             try:
                 with ctx.Pool(min(workers, len(todo)), initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
                     for meta in pool.imap_unordered(_write_shard, todo):
                         metas[int(meta["shard"][6:12])] = meta
-                        bar.step()
+                        bar.update()
             except BaseException:
                 _remove_tmp_files(out_dir)  # the pool is terminated: workers killed mid-shard leave .tmp files
                 raise
