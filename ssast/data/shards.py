@@ -13,7 +13,7 @@ import random
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from webdataset.shardlists import expand_urls
 from ssast.audio.fbank import max_samples, window_hop
 from ssast.audio.io import AudioError, load_audio
 from ssast.config import AudioConfig
+from ssast.data.dataset import bad_item
 from ssast.data.manifest import DataError, LabelSet
 from ssast.data.shard_format import INDEX_FORMAT, INDEX_NAME, sidecar_path
 
@@ -245,16 +246,17 @@ class ShardDataset(torch.utils.data.IterableDataset):
             for j in range(copies):
                 yield path, sample, draw * 1024 + j
 
-    def _bad(self, path: str, key: str, reason: str, exc: Callable[[str], Exception]) -> dict:
+    def _bad(self, path: str, key: str, error: str | AudioError) -> dict:
+        """The bad item of a broken member; ``strict`` raises instead (the AudioError, or a ShardError for the rest)."""
         if self.strict:
-            raise exc(reason)
-        return {"bad": True, "key": f"{os.path.basename(path)}:{key}", "reason": reason}
+            raise error if isinstance(error, AudioError) else ShardError(error)
+        return bad_item(f"{os.path.basename(path)}:{key}", error)
 
     def _decode(self, path: str, sample: dict, draw: int) -> dict:
         """Item dict from one grouped tar sample: crop-decoded wave, multi-hot labels (or None), key."""
         key = sample["__key__"]
         if "__error__" in sample:
-            return self._bad(path, key, sample["__error__"], ShardError)
+            return self._bad(path, key, sample["__error__"])
         meta: dict = {}
         if "json" in sample:
             try:
@@ -263,11 +265,11 @@ class ShardDataset(torch.utils.data.IterableDataset):
                     raise ValueError("not a JSON object")
             except ValueError as e:
                 msg = f"corrupt: {path}: member {key}.json is not valid JSON ({e}); re-run `ssast prepare`"
-                return self._bad(path, key, msg, ShardError)
+                return self._bad(path, key, msg)
         ext = next((e for e in AUDIO_EXTS if e in sample), None)
         if ext is None:
             msg = f"corrupt: {path}: sample {key} has no audio member ({', '.join(AUDIO_EXTS)})"
-            return self._bad(path, key, msg, ShardError)
+            return self._bad(path, key, msg)
         clip_id = zlib.crc32(f"{os.path.basename(path)}:{key}".encode())
         rng = np.random.default_rng([self.seed, self.epoch, clip_id, draw])
         try:
@@ -276,9 +278,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 crop=self.crop, rng=rng, name=f"{path}:{key}.{ext}",
             )
         except AudioError as e:
-            if self.strict:
-                raise
-            return {"bad": True, "key": f"{os.path.basename(path)}:{key}", "reason": str(e)}
+            return self._bad(path, key, e)
         return {"wave": wave, "labels": self._encode_labels(path, key, meta.get("labels", [])), "key": key}
 
     def _encode_labels(self, path: str, key: str, mids: Any) -> np.ndarray | None:
