@@ -143,18 +143,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
     """
 
     def __init__(
-        self,
-        urls: list[str] | str,
-        *,
-        labels: LabelSet | None,
-        audio: AudioConfig,
-        train: bool,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        resample: bool = False,
-        shuffle_buffer: int = 2000,
-        strict: bool = False,
+        self, urls: list[str] | str, *, labels: LabelSet | None, audio: AudioConfig, train: bool, seed: int = 0,
+        rank: int = 0, world_size: int = 1, resample: bool = False, shuffle_buffer: int = 2000, strict: bool = False,
         balanced: bool = False,
     ) -> None:
         super().__init__()
