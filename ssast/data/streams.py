@@ -1,8 +1,9 @@
 """Stream combinators for mixing sources by weight: a map-style dataset read as a stream, and a weighted interleave.
 
 :func:`ssast.data.loader.build_loader` uses them when any source is shards: each list or folder becomes a
-:class:`MapStream`, and :class:`WeightedInterleave` picks each next clip's source at random by weight. Both split work
-by rank and DataLoader worker and draw from generators seeded by the epoch, so a mix is reproducible.
+:class:`MapStream`, and :class:`WeightedInterleave` picks each next clip's source at random by weight. MapStream
+splits its clips by rank and DataLoader worker; its order and the interleave's choices come from generators seeded by
+the epoch, so a mix is reproducible.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from ssast.data.dataset import ClipDataset
 class MapStream(IterableDataset):
     """A map-style dataset read as a stream (to be mixed with shards): per-epoch order, split by rank and worker."""
 
-    def __init__(self, dataset: ClipDataset, *, train: bool, seed: int, rank: int, world_size: int, endless: bool):
+    def __init__(
+        self, dataset: ClipDataset, *, train: bool, seed: int, rank: int, world_size: int, endless: bool
+    ) -> None:
         self.dataset = dataset
         self.train = train
         self.seed = seed
@@ -57,7 +60,7 @@ class WeightedInterleave(IterableDataset):
 
     def __init__(
         self, sources: Sequence[IterableDataset], weights: Sequence[float], *, seed: int, rank: int, endless: bool
-    ):
+    ) -> None:
         if len(weights) != len(sources) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError("one non-negative weight per source is needed, not all zero")
         self.sources = list(sources)
