@@ -301,7 +301,7 @@ def write_synthetic_shards(root: Path, clips: int, tdim: int, shards: int) -> Pa
     import soundfile as sf
 
     from ssast.audio.fbank import max_samples
-    from ssast.data.shards import prepare_shards
+    from ssast.data.shard_writer import prepare_shards
 
     audio = root / "audio"
     audio.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ under ``--root`` (any depth) by the names the common download tools use: ``{YTID
 ``{YTID}_{start}.wav`` with the start in seconds (``30``, ``30.000``) or milliseconds (``30000``), optionally followed
 by ``_{end}``; any of wav/flac/ogg/mp3. Writes ``{out}/{split}.json``, a copy of the label CSV, and ``missing.txt``
 (segments listed but not on disk). ``--shards DIR`` also packs balanced + unbalanced train into WebDataset shards for
-pretraining (via ``ssast.data.shards.prepare_shards``). Re-running changes nothing that is already up to date.
+pretraining (via ``ssast.data.shard_writer.prepare_shards``). Re-running changes nothing that is already up to date.
 
     python pretrain/prepare_audioset.py --root /data/audioset/audio --csv-dir /data/audioset/meta \
         --out data/audioset --shards data/shards/audioset

@@ -114,7 +114,7 @@ def cmd_embed(args) -> int:
 
 def cmd_prepare(args) -> int:
     from ssast.atomic import check_output
-    from ssast.data.shards import prepare_shards
+    from ssast.data.shard_writer import prepare_shards
 
     check_output(args.out, folder=True, what="output folder")
     index = prepare_shards(args.source, args.out, shard_size=args.shard_size, workers=args.workers,

@@ -386,7 +386,7 @@ def test_dataset_stats_match_torchaudio(tiny_corpus):
 
 
 def test_shards_and_list_mixed_for_pretraining(tmp_path):
-    shards = pytest.importorskip("ssast.data.shards")
+    shards = pytest.importorskip("ssast.data.shard_writer")
     a = write_corpus(tmp_path / "a", n=4, seconds=0.2)
     b = write_corpus(tmp_path / "b", n=4, seconds=0.2)
     out = tmp_path / "shards"

@@ -292,7 +292,7 @@ def test_killed_prepare_leaves_no_worker_behind(corpus, tmp_path):
     """SIGKILL the parent of a prepare pool: its spawned workers must die with it instead of writing on."""
     (tmp_path / "slowprep.py").write_text(
         "import os, time\n"
-        "import ssast.data.shards as sh\n"
+        "import ssast.data.shard_writer as sh\n"
         "real = sh._write_shard\n"
         "def slow(task):\n"
         "    print('worker', os.getpid(), flush=True)\n"

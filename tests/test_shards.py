@@ -17,9 +17,10 @@ import webdataset as wds
 
 from ssast.audio.io import AudioError, load_audio
 from ssast.config import AudioConfig
-from ssast.data import shards
+from ssast.data import shard_writer
 from ssast.data.manifest import DataError, read_label_csv
-from ssast.data.shards import ShardDataset, ShardError, prepare_shards, read_index
+from ssast.data.shard_writer import prepare_shards
+from ssast.data.shards import ShardDataset, ShardError, read_index
 
 MIDS = ["/m/dog", "/m/cat", "/m/car"]
 N_CLIPS = 10
@@ -177,7 +178,7 @@ def test_resample_is_endless(corpus):
 def test_interrupted_prepare_resumes_without_rewriting(tmp_path, monkeypatch):
     json_path, _, _ = _write_corpus(tmp_path)
     out = tmp_path / "shards"
-    real, calls = shards._encode_flac, []
+    real, calls = shard_writer._encode_flac, []
 
     def crash_in_second_shard(wave):
         calls.append(1)
@@ -185,7 +186,7 @@ def test_interrupted_prepare_resumes_without_rewriting(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash")
         return real(wave)
 
-    monkeypatch.setattr(shards, "_encode_flac", crash_in_second_shard)
+    monkeypatch.setattr(shard_writer, "_encode_flac", crash_in_second_shard)
     with pytest.raises(RuntimeError, match="simulated crash"):
         prepare_shards(str(json_path), str(out), shard_size=3, workers=1, progress=False)
     monkeypatch.undo()

@@ -184,14 +184,14 @@ def finetuned(corpus, tmp_path_factory):
 def no_work(monkeypatch):
     """Make every command's real work fail loudly, so a passing test shows the check came first."""
     import ssast.compare
-    import ssast.data.shards
+    import ssast.data.shard_writer
     import ssast.inference
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the command started its work before checking its output path")
 
     for module, name in ((ssast.inference, "embed_files"), (ssast.inference, "evaluate_checkpoint"),
-                         (ssast.data.shards, "prepare_shards"), (ssast.compare, "compare_runs")):
+                         (ssast.data.shard_writer, "prepare_shards"), (ssast.compare, "compare_runs")):
         monkeypatch.setattr(module, name, forbidden)
 
 

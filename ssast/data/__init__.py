@@ -1,17 +1,12 @@
-"""Data sources (JSON clip lists, audio folders, WebDataset shards), datasets, samplers and the batch loader."""
+"""Data sources (JSON clip lists, audio folders, WebDataset shards), datasets, samplers and the batch loader.
+
+The names most callers need, re-exported; each module imports from the module that defines a name, never from here.
+"""
 from ssast.data.dataset import ClipDataset, bad_item, collate, reason_kind
-from ssast.data.loader import ClipLoader, WeightedInterleave, build_loader, compute_dataset_stats, source_kind
-from ssast.data.manifest import (
-    Clip,
-    DataError,
-    LabelSet,
-    check_files,
-    list_audio_folder,
-    read_json_list,
-    read_label_csv,
-    report_missing,
-)
+from ssast.data.loader import ClipLoader, build_loader, compute_dataset_stats, source_kind
+from ssast.data.manifest import Clip, DataError, LabelSet, list_audio_folder, read_json_list, read_label_csv
 from ssast.data.sampler import ResumableSampler, class_balanced_weights
+from ssast.data.streams import WeightedInterleave
 
 __all__ = [
     "Clip",
@@ -23,7 +18,6 @@ __all__ = [
     "WeightedInterleave",
     "bad_item",
     "build_loader",
-    "check_files",
     "class_balanced_weights",
     "collate",
     "compute_dataset_stats",
@@ -31,6 +25,5 @@ __all__ = [
     "read_json_list",
     "read_label_csv",
     "reason_kind",
-    "report_missing",
     "source_kind",
 ]

@@ -2,7 +2,7 @@
 
 Item (a dict), also yielded by the shard reader:
     ``{"wave": float32 (samples,), "labels": float32 (C,) or None, "key": str}``
-A clip that cannot be used becomes, outside strict mode,
+A clip that cannot be used becomes, outside strict mode (built by :func:`bad_item` for every source),
     ``{"bad": True, "key": str, "reason": str}``
 where ``reason`` starts with a short kind word and a colon (``"corrupt: a.wav: cannot decode ..."``); the loader counts
 skipped clips by that word. Batch (from :func:`collate`):

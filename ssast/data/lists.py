@@ -1,8 +1,10 @@
-"""Writers for data preparation: SSAST JSON lists and label CSVs (atomic, idempotent), audio header probes, summaries.
+"""Writers for data preparation: SSAST JSON lists and label CSVs (atomic, idempotent), audio header probes, summaries,
+and the one progress line every preparation step prints (shard writing too).
 
 The recipes in ``pretrain/`` and ``finetune/`` turn each publisher's folder layout into our data sources with these
-pieces; the readers are in :mod:`ssast.data.manifest`. Writing the same content twice leaves the file untouched, so a
-re-run of a prepare script changes nothing (not even modification times).
+pieces; the readers are in :mod:`ssast.data.manifest`, the shard writer in :mod:`ssast.data.shard_writer`. Writing
+the same content twice leaves the file untouched, so a re-run of a prepare script changes nothing (not even
+modification times).
 """
 from __future__ import annotations
 
@@ -101,7 +103,7 @@ def write_splits(out: str | Path, splits: Mapping[str, Sequence[Clip]], label_id
 def pack_shards(list_file: str | Path, shard_dir: str | Path, *, shard_size: int, workers: int,
                 max_seconds: float | None = None, label_csv: str | None = None, progress: bool = True) -> dict:
     """Pack a written list into WebDataset shards (``ssast prepare``) and print what was written."""
-    from ssast.data.shards import prepare_shards
+    from ssast.data.shard_writer import prepare_shards
 
     idx = prepare_shards(str(list_file), str(shard_dir), shard_size=shard_size, workers=workers,
                          max_seconds=max_seconds, label_csv=label_csv, progress=progress)
@@ -122,15 +124,23 @@ def write_lines(path: str | Path, lines: Iterable[str]) -> None:
 
 
 class Progress:
-    """Progress on stderr: a rewritten line on a terminal, otherwise a line every 10% (logs stay short)."""
+    """Progress on stderr: a rewritten line on a terminal, otherwise a line every 10% (logs stay short).
 
-    def __init__(self, desc: str, total: int, enabled: bool = True, stream=None) -> None:
-        self.desc, self.total, self.done = desc, max(total, 0), 0
+    ``done`` starts the count where earlier work left off (a resumed ``prepare`` keeps its finished shards); ``unit``
+    names what is counted in the line ("prepare: 3/10 shards").
+    """
+
+    def __init__(self, desc: str, total: int, enabled: bool = True, stream=None, *, done: int = 0,
+                 unit: str = "") -> None:
+        self.desc, self.total, self.done = desc, max(total, 0), done
+        self.unit = f" {unit}" if unit else ""
         self.stream = stream or sys.stderr
         self.enabled = enabled and total > 0
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._last_time = 0.0
         self._last_decile = -1
+        if done:
+            self.update(0)  # show where a resumed run starts
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -140,13 +150,13 @@ class Progress:
             now = time.monotonic()
             if now - self._last_time >= 0.2 or self.done >= self.total:
                 self._last_time = now
-                self.stream.write(f"\r{self.desc}: {self.done}/{self.total}")
+                self.stream.write(f"\r{self.desc}: {self.done}/{self.total}{self.unit}")
                 self.stream.flush()
         else:
             decile = self.done * 10 // self.total
             if decile != self._last_decile:
                 self._last_decile = decile
-                self.stream.write(f"{self.desc}: {self.done}/{self.total}\n")
+                self.stream.write(f"{self.desc}: {self.done}/{self.total}{self.unit}\n")
                 self.stream.flush()
 
     def close(self) -> None:

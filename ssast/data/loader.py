@@ -8,7 +8,7 @@ Sources: a ``.json``/``.jsonl`` clip list, a folder of audio files, or WebDatase
 ``index.json``, a ``.tar`` path or a brace pattern). When every source is map-style (lists, folders) the sources are
 concatenated and drawn by :class:`ResumableSampler` (weighted when mixing sources or balancing classes; an epoch has as
 many draws as there are clips). When any source is shards, each source becomes a stream and :class:`WeightedInterleave`
-picks the next clip's source at random by weight; pretraining streams are endless.
+picks the next clip's source at random by weight (both in :mod:`ssast.data.streams`); pretraining streams are endless.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import ConcatDataset, DataLoader
 
 from ssast.audio.io import AudioError
 from ssast.config import Config
@@ -39,6 +39,7 @@ from ssast.data.manifest import (
     report_missing,
 )
 from ssast.data.sampler import ResumableSampler, class_balanced_weights
+from ssast.data.streams import MapStream, WeightedInterleave
 
 # Endless streams resumed at batch b of an epoch restart from a fresh stream seeded by (epoch, b).
 _RESUME_STRIDE = 1_000_003
@@ -80,94 +81,6 @@ def resolve_num_workers(requested: int, world_size: int = 1) -> int:
 def _worker_init(_: int) -> None:
     # One thread per worker: the workers already run in parallel, extra threads only contend for cores.
     torch.set_num_threads(1)
-
-
-class MapStream(IterableDataset):
-    """A map-style dataset read as a stream (to be mixed with shards): per-epoch order, split by rank and worker."""
-
-    def __init__(self, dataset: ClipDataset, *, train: bool, seed: int, rank: int, world_size: int, endless: bool):
-        self.dataset = dataset
-        self.train = train
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.endless = endless
-        self.epoch = 0
-        self.num_clips = len(dataset)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self.dataset.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        n = len(self.dataset)
-        rounds = 0
-        while n:
-            if self.train:
-                order = np.random.default_rng((self.seed, self.epoch, rounds, 17)).permutation(n)
-            else:
-                order = np.arange(n)
-            for i in order[self.rank :: self.world_size][wid::nw]:
-                yield self.dataset[int(i)]
-            rounds += 1
-            if not self.endless:
-                return
-
-
-class WeightedInterleave(IterableDataset):
-    """Streams mixed by weight: each next clip comes from source s with probability w_s / sum(w).
-
-    The choice is drawn from a generator seeded by (seed, epoch, rank, worker), so the mix is reproducible. A finite
-    source that runs out is dropped (the others continue); with ``endless`` it is restarted instead.
-    """
-
-    def __init__(
-        self, sources: Sequence[IterableDataset], weights: Sequence[float], *, seed: int, rank: int, endless: bool
-    ):
-        if len(weights) != len(sources) or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError("one non-negative weight per source is needed, not all zero")
-        self.sources = list(sources)
-        self.weights = [float(w) for w in weights]
-        self.seed = seed
-        self.rank = rank
-        self.endless = endless
-        self.epoch = 0
-
-    @property
-    def num_clips(self) -> int | None:
-        """Clips in one finite pass over every source (None when a source's count is unknown)."""
-        counts = [getattr(s, "num_clips", None) for s in self.sources]
-        return None if self.endless or None in counts else sum(counts)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        for s in self.sources:
-            if hasattr(s, "set_epoch"):
-                s.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        wid = info.id if info is not None else 0
-        rng = np.random.default_rng((self.seed, self.epoch, self.rank, wid, 29))
-        its = [iter(s) for s in self.sources]
-        w = np.asarray(self.weights, dtype=np.float64)
-        live = w > 0
-        while live.any():
-            p = np.where(live, w, 0.0)
-            s = int(rng.choice(len(its), p=p / p.sum()))
-            try:
-                yield next(its[s])
-            except StopIteration:
-                if self.endless:
-                    its[s] = iter(self.sources[s])
-                    try:
-                        yield next(its[s])
-                        continue
-                    except StopIteration:  # an empty source
-                        pass
-                live[s] = False
 
 
 def _clean_error(e: Exception) -> Exception:
