@@ -81,13 +81,19 @@ def predict_files(ckpt: str, files: list[str], top_k: int = 5, device: str = "cp
     ]
 
 
+def _embedding(model, x: torch.Tensor, tokens: bool) -> torch.Tensor:
+    """The pooled clip embedding (B, D), or the patch tokens' outputs (B, N, D)."""
+    out = model.forward_features(x)
+    return model.patch_tokens(out) if tokens else model.forward_head(out, pre_logits=True)
+
+
 def embed_files(ckpt: str, files: list[str], out_dir: str, tokens: bool = False, device: str = "cpu",
                 batch_size: int = 8) -> list[Path]:
     """Clip embeddings (pooled, (D,)) or token embeddings ((N, D)) per file, saved as .npy under out_dir."""
     dev = torch.device(device)
     model, meta = load_for_inference(ckpt, dev, need_head=False)
     audio = audio_config_of(meta)
-    outs = run_files(model, files, audio, dev, batch_size, lambda x: model.forward_features(x, tokens=tokens).float())
+    outs = run_files(model, files, audio, dev, batch_size, lambda x: _embedding(model, x, tokens).float())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

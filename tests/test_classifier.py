@@ -32,8 +32,8 @@ def test_shapes(kw, tokens):
     model = SSASTClassifier(tiny(**kw), num_classes=5).eval()
     x = torch.randn(3, 64, 32)
     assert model(x).shape == (3, 5)
-    assert model.forward_features(x).shape == (3, 32)
-    assert model.forward_features(x, tokens=True).shape == (3, tokens, 32)
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (3, 32)
+    assert model.patch_tokens(model.forward_features(x)).shape == (3, tokens, 32)
     assert model.encoder.num_patches == tokens
 
 
@@ -46,10 +46,12 @@ def test_pooling_picks_the_right_tokens(num_prefix):
     with torch.no_grad():
         out = mean_model.encoder(x)
         p = num_prefix
-        assert torch.allclose(mean_model.forward_features(x), out[:, p:].mean(1), atol=1e-6)
-        assert torch.allclose(cls_model.forward_features(x), out[:, :p].mean(1), atol=1e-6)
-        assert not torch.allclose(mean_model.forward_features(x), cls_model.forward_features(x), atol=1e-3)
-        assert torch.allclose(mean_model.forward_features(x, tokens=True), out[:, p:])
+        assert torch.equal(mean_model.forward_features(x), out)  # timm's meaning: every token's output
+        mean_emb, cls_emb = (m.forward_head(m.forward_features(x), pre_logits=True) for m in (mean_model, cls_model))
+        assert torch.allclose(mean_emb, out[:, p:].mean(1), atol=1e-6)
+        assert torch.allclose(cls_emb, out[:, :p].mean(1), atol=1e-6)
+        assert not torch.allclose(mean_emb, cls_emb, atol=1e-3)
+        assert torch.allclose(mean_model.patch_tokens(mean_model.forward_features(x)), out[:, p:])
         logits = mean_model(x)
         assert torch.allclose(logits, mean_model.head(out[:, p:].mean(1)), atol=1e-6)
 

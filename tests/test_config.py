@@ -98,3 +98,21 @@ def test_run_configs_written_by_older_versions_still_load(tmp_path):
     assert cfg.audio.target_length == 256 and not hasattr(cfg.audio, "fbank_on")
     with pytest.raises(ConfigError, match="unknown key audio.fbank_onn"):
         load_config(write(tmp_path, "audio:\n  fbank_onn: auto\n"))
+
+
+def test_dataset_mixup_with_shards_is_refused(tmp_path):
+    """Shards are streams: a dataset mixup partner cannot be drawn, and the run would silently train without mixup."""
+    from ssast.data.loader import build_loader
+    from ssast.data.manifest import DataError
+    from ssast.data.shard_writer import prepare_shards
+    from conftest import make_wav
+
+    make_wav(tmp_path / "audio" / "a.wav", 0.5)
+    make_wav(tmp_path / "audio" / "b.wav", 0.5, freq=300)
+    prepare_shards(str(tmp_path / "audio"), str(tmp_path / "shards"), workers=1, progress=False)
+    cfg = load_config(None, [f"data.train=[{tmp_path / 'shards'}]", "augment.mixup=0.5", "augment.mixup_partner=dataset",
+                             "model.mask_patch=0.5", "audio.target_length=64", "data.num_workers=0"])
+    with pytest.raises(DataError, match="mixup_partner=dataset needs clip lists or folders, not shards"):
+        build_loader(cfg, "train")
+    cfg.augment.mixup_partner = "batch"
+    build_loader(cfg, "train")  # the batch partner works with shards

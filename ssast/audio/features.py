@@ -86,8 +86,8 @@ class FeatureExtractor(nn.Module):
 
     Order: Kaldi fbank -> frames beyond each clip set to 0 (the authors' zero-padding of the fbank) ->
     pad/crop to target_length from the start (the loader already cropped the waveform) -> normalise ->
-    [train only] fbank-domain mixup when ``mix`` is given -> SpecAugment (so masked areas are exactly 0 in
-    normalised units, as issue 3 asks; the authors mask the raw fbank, giving -mean/(2 std) there) ->
+    [train only] fbank-domain mixup when ``mix`` is given -> SpecAugment (masked areas exactly 0 in normalised
+    units; the authors mask the raw fbank before normalising, which leaves -mean/(2 std) there) ->
     uniform noise + circular time shift.
     """
 

@@ -317,6 +317,11 @@ def build_loader(
     if labels is None and cfg.data.label_csv:
         labels = read_label_csv(cfg.data.label_csv)
     kinds = [source_kind(s) for s in sources]
+    if train and cfg.augment.mixup > 0 and cfg.augment.mixup_partner == "dataset" and "shards" in kinds:
+        # a shard stream has no random access to draw a partner from: it would train with no mixup at all
+        shard_source = sources[kinds.index("shards")]
+        raise DataError(f"augment.mixup_partner=dataset needs clip lists or folders, not shards ({shard_source}); "
+                        "use augment.mixup_partner=batch with shards")
     seed = cfg.train.seed
     endless = train and cfg.task == "pretrain"
     batch_size = cfg.data.batch_size if train else (cfg.data.eval_batch_size or cfg.data.batch_size)

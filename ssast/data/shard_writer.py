@@ -3,10 +3,10 @@
 :func:`prepare_shards` writes the layout of :mod:`ssast.data.shard_format` in parallel (a spawn process pool); the
 reader is :mod:`ssast.data.shards`, the JSON list and label writers are in :mod:`ssast.data.lists`.
 
-Writing is crash-safe: a shard is written as ``shard-XXXXXX.tar.tmp``, fsynced and renamed, and only then is its
-sidecar written (atomically too). A shard counts as done only when both files exist and the sidecar matches the clips
-it should hold and the tar's size, so an interrupted run can simply be re-run: finished shards are kept, the rest
-are (re)written.
+Writing is crash-safe: a shard is written as ``shard-XXXXXX.tar.tmp`` and fsynced, its sidecar is written
+(atomically), and only then does the tar get its final name, so a tar never exists without its sidecar. A shard counts
+as done only when both files exist and the sidecar matches the clips it should hold and the tar's size, so an
+interrupted run can simply be re-run: finished shards are kept, the rest are (re)written.
 """
 from __future__ import annotations
 
@@ -123,24 +123,29 @@ def _write_shard_body(task: dict) -> dict:
                 writer.close()  # closes the tar stream only; the file stays open for fsync
             f.flush()
             os.fsync(f.fileno())
+        meta = {
+            "format": "ssast-shard",
+            "shard": shard_name(task["shard"]),
+            "count": stats["count"],
+            "duration": stats["duration"],
+            "labels": dict(sorted(stats["labels"].items())),
+            "skipped": dict(sorted(stats["skipped"].items())),
+            "skipped_examples": stats["skipped_examples"],
+            "fingerprint": task["fingerprint"],
+            "tar_bytes": os.path.getsize(tmp),
+        }
+        # The sidecar first, the tar's final name last: a kill in between leaves a sidecar without its tar (redone
+        # on the next run, never read), never a tar without its sidecar. A stale tar from an earlier run goes first,
+        # so the new sidecar can never describe it.
+        if os.path.exists(tar_path):
+            os.remove(tar_path)
+        _atomic_write_json(sidecar_path(tar_path), meta)
         os.replace(tmp, tar_path)
         fsync_path(task["out_dir"])
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    meta = {
-        "format": "ssast-shard",
-        "shard": shard_name(task["shard"]),
-        "count": stats["count"],
-        "duration": stats["duration"],
-        "labels": dict(sorted(stats["labels"].items())),
-        "skipped": dict(sorted(stats["skipped"].items())),
-        "skipped_examples": stats["skipped_examples"],
-        "fingerprint": task["fingerprint"],
-        "tar_bytes": os.path.getsize(tar_path),
-    }
-    _atomic_write_json(sidecar_path(tar_path), meta)  # last: the shard counts as done from here on
     return meta
 
 

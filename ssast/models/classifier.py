@@ -41,16 +41,18 @@ class SSASTClassifier(nn.Module):
             return tokens[:, :p].mean(dim=1)
         return tokens[:, p:].mean(dim=1)
 
-    def forward_features(self, x: torch.Tensor, tokens: bool = False) -> torch.Tensor:
-        """(B, T, F) fbank -> (B, D) pooled clip embedding, or with ``tokens=True`` the (B, N, D) token outputs."""
-        out = self.encoder(x)
-        if tokens:
-            return out[:, self.encoder.num_prefix :]
-        return self.pool(out)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) fbank -> (B, P+N, D) encoder outputs, prefix tokens first (timm's meaning)."""
+        return self.encoder(x)
 
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        """(B, D) clip embedding -> (B, C) logits."""
-        return self.head(feats)
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, P+N, D) encoder outputs -> (B, C) logits, or with ``pre_logits`` the pooled (B, D) clip embedding."""
+        pooled = self.pool(tokens)
+        return pooled if pre_logits else self.head(pooled)
+
+    def patch_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The (B, N, D) outputs of the patch (or frame) tokens, prefix dropped."""
+        return tokens[:, self.encoder.num_prefix :]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, F) fbank -> (B, C) logits."""

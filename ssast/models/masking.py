@@ -13,7 +13,7 @@ best-scored tokens are masked; that is the same distribution as placing squares 
 squares cover fewer than ``num_mask`` tokens (rare by construction; possible when num_mask is close to N), the rest
 is filled uniformly at random among the uncovered tokens.
 
-How this differs from the authors' sampler (SSAST_FACTS.md lists its quirks); the distributions are not identical:
+How this differs from the authors' sampler; the distributions are not identical:
 - a square is centred on a uniformly drawn token (for even c the extra cell falls before or after the centre at
   random) and clipped at the grid border; it never wraps from the end of one frequency row into the next, as the
   authors' flat index arithmetic does;

@@ -1,7 +1,8 @@
 """Positional-embedding adaptation between token grids (pretraining -> fine-tuning, ImageNet -> audio).
 
 The grid part of a learned positional embedding is viewed as a (D, F, T) image and each axis is adapted on its own,
-frequency first, then time, as the SSAST/AST authors do:
+time first, then frequency, in the order of the SSAST/AST authors' code (the axes are independent, so the order only
+matters to float rounding):
 
 - a smaller axis is centre-cropped, starting at ``old // 2 - new // 2`` (the authors' index; it differs from
   ``(old - new) // 2`` when old and new have different parities, and matching it matters for imported weights);
@@ -71,7 +72,7 @@ def adapt_pos_embed(
     dtype = pos_embed.dtype
     # Interpolate in fp32 so half-precision weights do not lose accuracy in the resampling.
     grid = rearrange(pos_embed[:, num_prefix_old:].float(), "b (f t) d -> b d f t", f=fo, t=to)
-    grid = _adapt_axis(grid, 2, fn)  # frequency first, as the authors do
-    grid = _adapt_axis(grid, 3, tn)
+    grid = _adapt_axis(grid, 3, tn)  # time first, in the authors' order
+    grid = _adapt_axis(grid, 2, fn)
     grid = rearrange(grid, "b d f t -> b (f t) d").to(dtype)
     return torch.cat([prefix, grid], dim=1).contiguous()

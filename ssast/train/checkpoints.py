@@ -18,14 +18,16 @@ any moment leaves the previous checkpoint usable.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
-from ssast.atomic import fsync_path
-from ssast.config import Config, ConfigError
+from ssast.atomic import atomic_write_text, fsync_path
+from ssast.config import Config, ConfigError, load_config
 from ssast.train.state_io import STATE as TRAINER_STATE
 
 # What a resumed run may change: how long it runs, how often it logs, saves and evaluates, and how it reads data.
@@ -59,6 +61,36 @@ class RunLock:
         if self.fd >= 0:
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = -1
+
+
+def open_run_dir(run_dir: Path, config_text: str | None, stream=None) -> RunLock:
+    """Create and lock a run directory, remove what killed saves left there, and write ``config_text`` (a new run's
+    config; None on resume, whose config is written only once its state has loaded). Returns the held lock."""
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"train.run_dir {run_dir}: cannot create the run directory ({e.strerror or e}); "
+                          f"choose another train.run_dir") from None
+    lock = RunLock(run_dir)
+    for stale in clean_stale(run_dir):
+        print(f"removed {stale}, left by an interrupted save", file=stream or sys.stderr)
+    if config_text is not None:
+        atomic_write_text(run_dir / "config.yaml", config_text)
+    return lock
+
+
+def check_resume_config(run_dir: Path, cfg: Config) -> None:
+    """Refuse, before anything is written, a resume whose config changes more than RESUME_MAY_CHANGE allows."""
+    conflicts = resume_conflicts(load_config(run_dir / "config.yaml"), cfg)
+    if conflicts:
+        raise ConfigError(f"--resume {run_dir}: cannot change {'; '.join(conflicts)}. A resume may change only "
+                          f"{', '.join(RESUME_MAY_CHANGE)}; nothing was written")
+
+
+def disk_full(e: BaseException) -> bool:
+    """ENOSPC from the OS, or safetensors' / torch's wrapping of it in their own error text."""
+    return getattr(e, "errno", None) == errno.ENOSPC or any(
+        t in str(e) for t in ("No space left", "StorageFull", "code: 28"))
 
 
 def clean_stale(run_dir: Path) -> list[Path]:

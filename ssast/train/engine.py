@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import math
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from ssast.atomic import atomic_write_text
-from ssast.config import Config, ConfigError, dump_config, load_config
+from ssast.config import Config, dump_config
 from ssast.evaluation import load_label_set
 from ssast.train import checkpoints as ck
 from ssast.train.logging import Board, Progress
@@ -61,22 +59,9 @@ class Trainer:
         self.run_dir = Path(cfg.train.run_dir)
         self.resume_from = ck.resolve_resume(self.run_dir) if resume else None
         if resume:
-            conflicts = ck.resume_conflicts(load_config(self.run_dir / "config.yaml"), cfg)
-            if conflicts:
-                raise ConfigError(f"--resume {self.run_dir}: cannot change {'; '.join(conflicts)}. A resume may "
-                                  f"change only {', '.join(ck.RESUME_MAY_CHANGE)}; nothing was written")
-        self.lock = None
-        if rt.is_main:
-            try:
-                (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise ConfigError(f"train.run_dir {self.run_dir}: cannot create the run directory "
-                                  f"({e.strerror or e}); choose another train.run_dir") from None
-            self.lock = ck.RunLock(self.run_dir)
-            for stale in ck.clean_stale(self.run_dir):
-                print(f"removed {stale}, left by an interrupted save", file=stream or sys.stderr)
-            if not resume:
-                atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+            ck.check_resume_config(self.run_dir, cfg)
+        # rank 0 owns the directory: created, locked, cleaned of half-written saves; a new run's config is written
+        self.lock = ck.open_run_dir(self.run_dir, None if resume else dump_config(cfg), stream) if rt.is_main else None
         try:
             self._build(stream)
         except BaseException:
@@ -242,7 +227,7 @@ class Trainer:
                             write_more=lambda folder: write_state(folder, self._trainer_state()))
         except (OSError, SafetensorError) as e:
             last = ck.list_checkpoints(self.run_dir)
-            why = "no space left on the device" if _disk_full(e) else f"{type(e).__name__}: {e}"
+            why = "no space left on the device" if ck.disk_full(e) else f"{type(e).__name__}: {e}"
             raise TrainingStopped(
                 f"{why} while saving step {self.step} to {d}; the last complete checkpoint is "
                 f"{last[-1] if last else 'none (the run cannot be resumed)'}; free space and resume with "
@@ -469,12 +454,6 @@ class Trainer:
             self.board.hparams(hp, final_scalars or {"steps": float(self.step)})
             self.progress.message(f"run directory: {self.run_dir} (final model: {final_dir}; TensorBoard: {self.run_dir / 'tb'})")
         return result
-
-
-def _disk_full(e: BaseException) -> bool:
-    """ENOSPC from the OS, or safetensors' / torch's wrapping of it in their own error text."""
-    return getattr(e, "errno", None) == errno.ENOSPC or any(
-        t in str(e) for t in ("No space left", "StorageFull", "code: 28"))
 
 
 def train(cfg: Config, *, resume: str | None = None, stream=None) -> dict:
