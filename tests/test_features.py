@@ -141,16 +141,21 @@ def test_extractor_eval_ignores_augment_and_train_applies_noise_and_shift() -> N
         assert len(fits) == 1, f"clip {i}: shifts {fits}"
 
 
-def test_extractor_specaugment_masks_are_zero_after_normalisation() -> None:
+@pytest.mark.parametrize("domain", ["raw", "normalized"])
+def test_extractor_specaugment_domain(domain) -> None:
+    """The authors mask the raw fbank, then normalise: masked cells end at (0 - mean) / (2 std) (+0.467 with the
+    AudioSet statistics). specaug_domain=normalized, the departure kept as an option, leaves them at exactly 0."""
     audio = AudioConfig(target_length=48)
-    fx = FeatureExtractor(audio, AugmentConfig(freqm=30, timem=20))
+    fx = FeatureExtractor(audio, AugmentConfig(freqm=30, timem=20, specaug_domain=domain))
     wave, nf = collate(random_clips([8000] * 6), 48)
     torch.manual_seed(3)
     out = fx(wave, nf, train=True)
     plain = fx(wave, nf, train=False)
     masked = out != plain
     assert masked.any()
-    assert torch.all(out[masked] == 0)
+    expected = (0 - audio.norm_mean) / (2 * audio.norm_std) if domain == "raw" else 0.0
+    assert expected == (pytest.approx(0.4670, abs=1e-4) if domain == "raw" else 0.0)
+    assert torch.allclose(out[masked], torch.full_like(out[masked], expected), atol=1e-6)
 
 
 def test_extractor_fbank_mixup() -> None:

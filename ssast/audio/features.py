@@ -85,10 +85,11 @@ class FeatureExtractor(nn.Module):
     """Zero-padded waveforms (B, S) + real frame counts (B,) -> normalised, augmented (B, target_length, mel).
 
     Order: Kaldi fbank -> frames beyond each clip set to 0 (the authors' zero-padding of the fbank) ->
-    pad/crop to target_length from the start (the loader already cropped the waveform) -> normalise ->
-    [train only] fbank-domain mixup when ``mix`` is given -> SpecAugment (masked areas exactly 0 in normalised
-    units; the authors mask the raw fbank before normalising, which leaves -mean/(2 std) there) ->
-    uniform noise + circular time shift.
+    pad/crop to target_length from the start (the loader already cropped the waveform) -> [train only]
+    fbank-domain mixup when ``mix`` is given -> SpecAugment on the raw fbank (the authors' order: masked cells end at
+    -mean/(2 std) once normalised) -> normalise -> uniform noise + circular time shift. With
+    ``augment.specaug_domain=normalized`` SpecAugment runs after normalising instead (masked cells exactly 0).
+    Mixing before normalising equals mixing after it: normalisation is affine and the weights sum to one.
     """
 
     def __init__(self, audio: AudioConfig, augment: AugmentConfig) -> None:
@@ -116,13 +117,16 @@ class FeatureExtractor(nn.Module):
         fb = kaldi_fbank(wave, num_mel_bins=a.num_mel_bins, sample_rate=a.sample_rate)
         fb = mask_padding(fb, num_frames)
         fb = pad_or_crop(fb, a.target_length, "start")
-        fb = normalize(fb, a.norm_mean, a.norm_std)
         if not train:
-            return fb
+            return normalize(fb, a.norm_mean, a.norm_std)
         aug = self.augment
         if mix is not None:
             fb = mix_fbanks(fb, *mix)
-        if aug.freqm > 0 or aug.timem > 0:
+        masking = aug.freqm > 0 or aug.timem > 0
+        if masking and aug.specaug_domain == "raw":
+            fb = spec_augment(fb, aug.freqm, aug.timem)
+        fb = normalize(fb, a.norm_mean, a.norm_std)
+        if masking and aug.specaug_domain == "normalized":
             fb = spec_augment(fb, aug.freqm, aug.timem)
         if aug.noise:
             fb = noise_and_shift(fb, max_shift=aug.time_shift, generator=generator)
