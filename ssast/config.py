@@ -112,6 +112,9 @@ class AugmentConfig:
     mixup_partner: Literal["batch", "dataset"] = "batch"
     freqm: int = 0  # SpecAugment maximum frequency mask width (bins)
     timem: int = 0  # SpecAugment maximum time mask width (frames)
+    # raw: mask the fbank before normalising (the authors' order: masked cells end at -mean/(2 std));
+    # normalized: after normalising (masked cells 0), a departure kept as an option
+    specaug_domain: Literal["raw", "normalized"] = "raw"
     noise: bool = False  # uniform noise + circular time shift (ESC-50 / Speech Commands recipes)
     time_shift: int = 10  # maximum circular shift in frames when noise is on
 
@@ -133,6 +136,9 @@ class DataConfig:
     shuffle_buffer: int = 2000
     strict: bool = False  # bad audio is an error instead of a counted skip
     allow_missing: bool = False  # files listed but missing on disk: warn and drop them instead of stopping
+    # pretraining without data.valid that needs validation (plateau schedule, eval_every): this share of the training
+    # clips (by a fixed hash of their path; whole shards for shard sources) is held out as the validation set
+    holdout: float = 0.01
 
 
 @dataclass
@@ -147,9 +153,13 @@ class OptimConfig:
     step_start: int = 0
     step_every: int = 1
     step_factor: float = 0.5
-    # plateau schedule: halve when the monitored metric has not improved for one check
+    # plateau schedule (the authors' ReduceLROnPlateau(mode=max)): every plateau_every steps the validation masked
+    # accuracy is checked; after more than plateau_patience checks in a row without an improvement (relative
+    # threshold plateau_threshold) the lr is multiplied by plateau_factor
     plateau_every: int = 4000
     plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    plateau_threshold: float = 1e-4
     min_lr: float = 0.0
     head_lr_mult: float = 1.0
     layer_decay: float = 1.0  # 1.0: off
@@ -420,11 +430,13 @@ def _minimums(cfg: Config) -> list[tuple[str, float, float]]:
         ("train.max_bad_steps", t.max_bad_steps, 1),
         ("train.eval_every", t.eval_every, 0),
         ("train.image_every", t.image_every, 0),
+        ("data.holdout", cfg.data.holdout, 0),
     ]
     if o.schedule == "step":
         checks.append(("optim.step_every", o.step_every, 1))
     if o.schedule == "plateau":
-        checks.append(("optim.plateau_every", o.plateau_every, 1))
+        checks += [("optim.plateau_every", o.plateau_every, 1), ("optim.plateau_patience", o.plateau_patience, 0),
+                   ("optim.plateau_threshold", o.plateau_threshold, 0)]
     return checks
 
 
@@ -494,6 +506,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.wa_start and cfg.train.wa_end < cfg.train.wa_start:
         raise ConfigError("train.wa_end must not be before train.wa_start", ["train.wa_start", "train.wa_end"])
     a = cfg.augment
+    if cfg.data.holdout >= 0.5:
+        raise ConfigError(f"data.holdout is the share of training clips held out for validation; {cfg.data.holdout} "
+                          "leaves too little to train on (the default is 0.01)", ["data.holdout"])
     if not 0 <= a.mixup <= 1:
         raise ConfigError(f"augment.mixup is a probability in [0, 1], got {a.mixup}", ["augment.mixup"])
     if a.mixup > 0 and not (math.isfinite(a.mixup_alpha) and a.mixup_alpha > 0):

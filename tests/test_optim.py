@@ -57,12 +57,31 @@ def test_step_and_plateau_schedules():
     assert [s.factor(e * 10) for e in range(6)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
     plat = OptimConfig(lr=1.0, warmup_steps=0, schedule="plateau", plateau_factor=0.5)
     p = LRSchedule(build_optimizer(model, plat, torch.device("cpu")), plat, total_steps=100, steps_per_epoch=1)
-    p.report_metric(0.3)
-    p.report_metric(0.4)
+    for v in (0.3, 0.4, 0.35, 0.39):  # two checks without improvement: patience 2 keeps the lr
+        p.report_metric(v)
     assert p.factor(10) == 1.0
-    p.report_metric(0.35)  # no improvement: halve
+    p.report_metric(0.4)  # the third in a row (equal is no improvement): halve, as the authors' scheduler does
     assert p.factor(10) == 0.5
     state = p.state_dict()
     q = LRSchedule(build_optimizer(model, plat, torch.device("cpu")), plat, total_steps=100, steps_per_epoch=1)
     q.load_state_dict(state)
     assert q.factor(11) == 0.5
+
+
+def test_plateau_rule_equals_torch_reduce_lr_on_plateau():
+    """The authors' ReduceLROnPlateau(mode="max", factor=0.5, patience=2) as the oracle, on noisy accuracy curves."""
+    model = tiny_classifier()
+    cfg = OptimConfig(lr=1.0, warmup_steps=0, schedule="plateau", plateau_factor=0.5)
+    for seed in range(5):
+        gen = torch.Generator().manual_seed(seed)
+        ours = LRSchedule(build_optimizer(model, cfg, torch.device("cpu")), cfg, total_steps=100, steps_per_epoch=1)
+        ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        ref = torch.optim.lr_scheduler.ReduceLROnPlateau(ref_opt, mode="max", factor=0.5, patience=2)
+        curve = (torch.linspace(0.1, 0.5, 40) ** 0.3 + 0.02 * torch.randn(40, generator=gen)).tolist()
+        changes = 0
+        for v in curve:
+            ours.report_metric(v)
+            ref.step(v)
+            assert ours.factor(1) == pytest.approx(ref_opt.param_groups[0]["lr"])
+            changes += ours.factor(1) != 1.0
+        assert changes  # the curves do plateau: the rule was exercised

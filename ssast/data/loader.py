@@ -18,6 +18,7 @@ import functools
 import math
 import os
 import warnings
+import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -231,7 +232,20 @@ class ClipLoader:
                                [f"{key} ({_short_reason(key, reason)})" for key, reason in self.skip_examples])
 
 
-def _map_dataset(cfg: Config, source: str, kind: str, labels: LabelSet | None, train: bool, seed: int) -> ClipDataset:
+def holdout_fraction(cfg: Config) -> float:
+    """The share of the training clips held out as pretraining validation: ``data.holdout`` when a pretraining run
+    needs validation (plateau schedule or ``train.eval_every``) and has no ``data.valid``; else 0."""
+    needs = cfg.optim.schedule == "plateau" or cfg.train.eval_every > 0
+    return cfg.data.holdout if cfg.task == "pretrain" and needs and not cfg.data.valid else 0.0
+
+
+def is_held_out(key: str, fraction: float) -> bool:
+    """Whether a clip (by its path or key) belongs to the held-out share: a fixed hash, so every run agrees."""
+    return zlib.crc32(key.encode()) % 100_000 < fraction * 100_000
+
+
+def _map_dataset(cfg: Config, source: str, kind: str, labels: LabelSet | None, train: bool, seed: int,
+                 holdout: tuple[float, str] | None = None) -> ClipDataset:
     if kind == "list":
         clips = read_json_list(source, labels)
         missing = check_files(clips, source)
@@ -248,6 +262,13 @@ def _map_dataset(cfg: Config, source: str, kind: str, labels: LabelSet | None, t
             )
         clips = list_audio_folder(source)
         clip_labels = None  # a folder has no labels
+    if holdout:
+        fraction, role = holdout
+        total = len(clips)
+        clips = [c for c in clips if is_held_out(c.path, fraction) == (role == "only")]
+        if role == "only" and not clips:
+            raise DataError(f"{source}: data.holdout={fraction:g} holds out none of its {total} clips for "
+                            "pretraining validation; raise data.holdout or give data.valid")
     mixup = cfg.augment.mixup if cfg.augment.mixup_partner == "dataset" and cfg.augment.mixup_domain == "wave" else 0
     return ClipDataset(
         clips,
@@ -311,6 +332,12 @@ def build_loader(
     if split not in ("train", "valid", "test"):
         raise ValueError(f"split must be train, valid or test, got {split!r}")
     sources = list(getattr(cfg.data, split))
+    held = holdout_fraction(cfg)
+    role = None  # pretraining validation held out of the training sources: "exclude" from train, "only" for valid
+    if held and split == "train":
+        role = "exclude"
+    elif held and split == "valid" and not sources:
+        sources, role = list(cfg.data.train), "only"
     if not sources:
         raise DataError(f"data.{split} is empty: give a JSON clip list, an audio folder or a shard directory")
     train = split == "train" if train is None else train
@@ -344,10 +371,11 @@ def build_loader(
                     shuffle_buffer=cfg.data.shuffle_buffer,
                     strict=cfg.data.strict,
                     balanced=train and cfg.data.balanced_sampling,
+                    holdout=(held, role) if role else None,
                 )
             )
         else:
-            datasets.append(_map_dataset(cfg, src, kind, labels, train, src_seed))
+            datasets.append(_map_dataset(cfg, src, kind, labels, train, src_seed, (held, role) if role else None))
 
     sampler = None
     if "shards" not in kinds:

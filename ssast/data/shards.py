@@ -145,12 +145,20 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def __init__(
         self, urls: list[str] | str, *, labels: LabelSet | None, audio: AudioConfig, train: bool, seed: int = 0,
         rank: int = 0, world_size: int = 1, resample: bool = False, shuffle_buffer: int = 2000, strict: bool = False,
-        balanced: bool = False,
+        balanced: bool = False, holdout: tuple[float, str] | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         self.urls, self.num_clips = resolve_shards(urls)
+        if holdout:  # whole shards are held out (the last ones), so validation never reads the training shards
+            fraction, role = holdout
+            if len(self.urls) < 2:
+                raise DataError(f"{urls}: pretraining validation is held out as whole shards, and this source has "
+                                f"one; give data.valid, or pack it into more shards (ssast prepare --shard-size)")
+            n = max(1, round(fraction * len(self.urls)))
+            self.urls = self.urls[-n:] if role == "only" else self.urls[:-n]
+            self.num_clips = None
         self.labels, self.audio, self.train = labels, audio, train
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.resample, self.shuffle_buffer, self.strict = resample, shuffle_buffer, strict

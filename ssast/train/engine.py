@@ -71,14 +71,15 @@ class Trainer:
     def _build(self, stream) -> None:
         """Everything after the run directory is ours: data, model, optimiser, schedule, restored state."""
         from ssast.audio.features import FeatureExtractor
-        from ssast.data.loader import build_loader
+        from ssast.data.loader import build_loader, holdout_fraction
 
         cfg, rt = self.cfg, self.rt
         self.labels = load_label_set(cfg)
         self.task = build_task(cfg, rt, self.labels)
 
         self.train_loader = build_loader(cfg, "train", labels=self.labels, rank=rt.rank, world_size=rt.world_size)
-        self.valid_loader = build_loader(cfg, "valid", labels=self.labels) if cfg.data.valid else None
+        self.held_out = holdout_fraction(cfg)  # pretraining validation taken from the training sources
+        self.valid_loader = build_loader(cfg, "valid", labels=self.labels) if cfg.data.valid or self.held_out else None
         self.test_loader = build_loader(cfg, "test", labels=self.labels) if cfg.data.test else None
         self.features = FeatureExtractor(cfg.audio, cfg.augment).to(rt.device)
 
@@ -278,6 +279,9 @@ class Trainer:
         )
         if rt.note:
             self.progress.message(rt.note)
+        if self.held_out:
+            self.progress.message(f"validation: no data.valid, so {self.held_out:.1%} of the training clips (a fixed "
+                                  f"hash of their paths; whole shards for shards) are held out and never trained on")
         if self.resume_from:
             self.progress.message(f"resumed from {self.resume_from} at step {self.step}; this run writes only into "
                                   f"{self.run_dir}")

@@ -50,8 +50,8 @@ class LRSchedule:
     """Linear warm-up, then constant / cosine / step (start, every, factor) / plateau.
 
     ``unit`` is what the step schedule counts: epochs for fine-tuning (the authors' recipes), steps for pretraining.
-    The plateau schedule multiplies the lr by ``plateau_factor`` whenever a check (every ``plateau_every`` steps)
-    sees no improvement of the monitored metric (masked accuracy in pretraining, as the authors do).
+    The plateau schedule multiplies the lr by ``plateau_factor`` after more than ``plateau_patience`` checks in a row
+    (one every ``plateau_every`` steps) without an improvement of the validation masked accuracy, as the authors do.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
@@ -60,6 +60,7 @@ class LRSchedule:
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.plateau_scale = 1.0
         self.best_metric = -math.inf
+        self.bad_checks = 0
 
     def factor(self, step: int) -> float:
         c = self.cfg
@@ -85,15 +86,22 @@ class LRSchedule:
         return lr
 
     def report_metric(self, value: float) -> None:
-        """Plateau check: halve (plateau_factor) when the metric did not improve since the last check."""
-        if value > self.best_metric:
-            self.best_metric = value
+        """Plateau check, with torch's ReduceLROnPlateau(mode="max", threshold_mode="rel") semantics: a value better
+        than best * (1 + threshold) resets the count; after more than ``plateau_patience`` checks in a row without
+        one, the lr scale is multiplied by ``plateau_factor`` and the count starts again."""
+        c = self.cfg
+        if value > self.best_metric * (1 + c.plateau_threshold):
+            self.best_metric, self.bad_checks = value, 0
         else:
-            self.plateau_scale *= self.cfg.plateau_factor
+            self.bad_checks += 1
+        if self.bad_checks > c.plateau_patience:
+            self.plateau_scale *= c.plateau_factor
+            self.bad_checks = 0
 
     def state_dict(self) -> dict:
-        return {"plateau_scale": self.plateau_scale, "best_metric": self.best_metric}
+        return {"plateau_scale": self.plateau_scale, "best_metric": self.best_metric, "bad_checks": self.bad_checks}
 
     def load_state_dict(self, state: dict) -> None:
         self.plateau_scale = state["plateau_scale"]
         self.best_metric = state["best_metric"]
+        self.bad_checks = state["bad_checks"]

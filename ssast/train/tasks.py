@@ -29,7 +29,6 @@ class PretrainTask:
     def __init__(self, cfg: Config, rt: Runtime, labels):
         self.cfg, self.rt = cfg, rt
         self.fixed_clip = None  # the clip of the reconstruction images
-        self._plateau_sum = self._plateau_n = None
 
     @property
     def find_unused_parameters(self) -> bool:
@@ -85,20 +84,14 @@ class PretrainTask:
 
     def after_step(self, tr, extras: dict, bad: torch.Tensor) -> None:
         cfg = self.cfg
-        if cfg.optim.schedule == "plateau":
-            # accumulated on the device; read back only at a check
-            if self._plateau_sum is None:
-                self._plateau_sum = torch.zeros((), device=tr.rt.device)
-                self._plateau_n = torch.zeros((), device=tr.rt.device)
-            self._plateau_sum = self._plateau_sum + torch.where(bad, 0.0, extras["accuracy"].detach().float())
-            self._plateau_n = self._plateau_n + (~bad).float()
-            if tr.step % cfg.optim.plateau_every == 0:
-                tr.schedule.report_metric(float(self._plateau_sum / self._plateau_n.clamp(min=1)))
-                self._plateau_sum = self._plateau_n = None
         if cfg.train.image_every and tr.step % cfg.train.image_every == 0:
             self.log_reconstruction(tr)
-        if cfg.train.eval_every and tr.valid_loader and tr.step % cfg.train.eval_every == 0:
-            tr.eval_and_record("valid", tr.valid_loader)
+        plateau = cfg.optim.schedule == "plateau" and tr.step % cfg.optim.plateau_every == 0
+        evaluate = cfg.train.eval_every and tr.step % cfg.train.eval_every == 0
+        if tr.valid_loader and (plateau or evaluate):
+            metrics = tr.eval_and_record("valid", tr.valid_loader)  # fixed masks: comparable across checks
+            if plateau:  # the authors' rule: ReduceLROnPlateau on the validation masked accuracy
+                tr.schedule.report_metric(_from_rank0(metrics.get(self.monitor, 0.0), tr.rt))
 
     def after_epoch(self, tr) -> None:
         """Pretraining counts steps: an epoch's end changes nothing."""
@@ -222,6 +215,15 @@ class FinetuneTask:
 
     def load_state_dict(self, state: dict) -> None:
         self.wa_state, self.wa_count = state["wa_state"], state["wa_count"]
+
+
+def _from_rank0(value: float, rt: Runtime) -> float:
+    """Rank 0's value on every rank (only rank 0 evaluates), so all ranks keep the same lr schedule."""
+    if not rt.distributed:
+        return float(value)
+    t = torch.tensor([float(value)], device=rt.device)
+    torch.distributed.broadcast(t, 0)
+    return float(t.item())
 
 
 def build_task(cfg: Config, rt: Runtime, labels):
