@@ -206,6 +206,65 @@ def test_esc50_run_sh_end_to_end_with_fold_summary(tmp_path):
     assert again.returncode == 0 and "is finished" in again.stderr
 
 
+def write_metrics(run: Path, valid: list[float], final: float, final_split: str = "valid") -> None:
+    """A hand-made RUN/metrics.json: one validation accuracy per epoch (1, 2, ...) and the final model's."""
+    run.mkdir(parents=True, exist_ok=True)
+    history = [{"step": 10 * e, "epoch": e, "split": "valid", "accuracy": a, "loss": 1.0}
+               for e, a in enumerate(valid, 1)]
+    doc = {"task": "finetune", "epochs": len(valid), "final": {"accuracy": final}, "final_split": final_split,
+           "history": history}
+    (run / "metrics.json").write_text(json.dumps(doc))
+
+
+def test_esc50_summary_takes_the_best_fold_averaged_epoch_not_each_folds_best(tmp_path, capsys):
+    curves = {"1": [0.25, 1.0, 0.5, 0.5],    # best epoch 2
+              "2": [0.25, 0.5, 0.5, 1.0],    # best epoch 4
+              "3": [0.25, 0.75, 1.0, 0.5]}   # best epoch 3; fold means per epoch: 0.25, 0.75, 0.667, 0.667
+    for k, c in curves.items():
+        write_metrics(tmp_path / f"patch-fold{k}", c, final=c[-1])
+    summary_py = load_script("finetune/summary.py")
+    assert summary_py.main(["esc50", str(tmp_path), "patch", "1", "2", "3", "--out", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    s = json.loads((tmp_path / "s.json").read_text())
+    a, f = s["authors"], s["final"]
+    assert a["epoch"] == 2 and a["epochs"] == 4 and a["mean"] == pytest.approx(0.75)  # each fold's best: 1.0 on average
+    assert a["per_fold"] == {"1": 1.0, "2": 0.5, "3": 0.75} and a["std"] == pytest.approx(np.std([1.0, 0.5, 0.75]))
+    assert a["per_epoch_mean"] == pytest.approx({"1": 0.25, "2": 0.75, "3": 2 / 3, "4": 2 / 3})
+    assert f["per_fold"] == {"1": 0.5, "2": 1.0, "3": 0.5} and f["mean"] == pytest.approx(2 / 3)
+    assert f["std"] == pytest.approx(np.std([0.5, 1.0, 0.5]))
+    assert "75.00% at epoch 2 of 4, over 3 folds" in out and "66.67 +- 23.57" in out
+
+    # a tie between epochs goes to the first (np.argmax in get_esc_result.py); a strictly better later one wins
+    write_metrics(tmp_path / "patch-fold1", [0.25, 1.0, 0.75, 0.5], final=0.5)  # epoch 3 ties epoch 2 at 0.75
+    assert summary_py.esc50_summary(tmp_path, "patch", ["1", "2", "3"])["authors"]["epoch"] == 2
+    write_metrics(tmp_path / "patch-fold1", [0.25, 1.0, 1.0, 0.5], final=0.5)
+    assert summary_py.esc50_summary(tmp_path, "patch", ["1", "2", "3"])["authors"]["epoch"] == 3
+
+    write_metrics(tmp_path / "patch-fold3", [0.5, 0.5], final=0.5)  # a fold trained for other epochs
+    with pytest.raises(summary_py.SummaryError, match=r"patch-fold3.*epochs 1-2, but fold 1 after 1-4.*RERUN=1"):
+        summary_py.esc50_summary(tmp_path, "patch", ["1", "2", "3"])
+    proc = subprocess.run([PY, str(REPO / "finetune/summary.py"), "esc50", str(tmp_path), "patch", "1", "9"],
+                          env=env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "patch-fold9/metrics.json: not found" in proc.stderr
+
+
+def test_speechcommands_summary_best_on_validation_beside_final(tmp_path, capsys):
+    run = tmp_path / "frame"
+    write_metrics(run, [0.5, 0.875, 0.875, 0.75], final=0.8, final_split="test")  # best/ saved after epoch 2
+    (tmp_path / "best_test.json").write_text(json.dumps({"accuracy": 0.9, "num_clips": 10}))
+    summary_py = load_script("finetune/summary.py")
+    assert summary_py.main(["speechcommands", str(run), str(tmp_path / "best_test.json"),
+                            "--out", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["best"]["epoch"] == 2 and s["best"]["valid"] == 0.875 and s["best"]["test"] == 0.9
+    assert s["final"] == {"epoch": 4, "valid": 0.75, "test": 0.8}
+    assert "best on validation (epoch 2), authors" in out and "90.00" in out and "80.00" in out
+    write_metrics(run, [0.5], final=0.8, final_split="valid")  # no test list: nothing to report as the authors do
+    with pytest.raises(summary_py.SummaryError, match="not the test list"):
+        summary_py.speechcommands_summary(run, tmp_path / "best_test.json")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Speech Commands V2
 
