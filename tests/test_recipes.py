@@ -198,8 +198,11 @@ def test_esc50_run_sh_end_to_end_with_fold_summary(tmp_path):
         assert metrics["final_split"] == "valid" and 0.0 <= metrics["final"]["accuracy"] <= 1.0
         accs.append(metrics["final"]["accuracy"])
     summary = json.loads((runs / "patch-summary.json").read_text())
-    assert summary["mean"] == pytest.approx(np.mean(accs)) and summary["std"] == pytest.approx(np.std(accs))
-    assert "over 2 folds" in proc.stdout
+    final = summary["final"]
+    assert final["mean"] == pytest.approx(np.mean(accs)) and final["std"] == pytest.approx(np.std(accs))
+    assert summary["authors"]["epoch"] == 1 and summary["authors"]["epochs"] == 1  # one epoch: the final one
+    assert summary["authors"]["mean"] == pytest.approx(np.mean(accs))
+    assert "authors' number" in proc.stdout and "over 2 folds" in proc.stdout and "final models" in proc.stdout
     # finished folds are not trained again
     again = subprocess.run(["bash", str(REPO / "finetune/esc50/run.sh"), "scratch", "patch", *TINY],
                            env=e, capture_output=True, text=True, cwd=tmp_path)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# ESC-50, the SSAST recipe, five-fold cross-validation: fine-tune one model per fold, then report mean +- std.
+# ESC-50, the SSAST recipe, five-fold cross-validation: fine-tune one model per fold, then report the authors' number
+# (the epoch with the best accuracy averaged over the folds) beside the final models' mean +- std.
 #   ESC50_ROOT=/data/ESC-50-master finetune/esc50/run.sh runs/pretrain-patch_base/final patch
 #   finetune/esc50/run.sh SSAST-Base-Frame-400.pth frame
 #   finetune/esc50/run.sh imagenet:deit_base_distilled_patch16_384.pth patch
@@ -19,20 +20,5 @@ for k in $FOLDS; do
     "${INIT_ARGS[@]}" "${EXTRA[@]+"${EXTRA[@]}"}"
 done
 [ "${DRY_RUN:-0}" = 1 ] && exit 0
-# each fold's accuracy: the final model on that fold's held-out clips (metrics.json "final")
-"$PYTHON" - "$RUNS" "$TOKENS" $FOLDS <<'PY'
-import json, statistics, sys
-from pathlib import Path
-
-runs, tokens, folds = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
-acc = {}
-for k in folds:
-    path = runs / f"{tokens}-fold{k}" / "metrics.json"
-    acc[k] = json.loads(path.read_text())["final"]["accuracy"]
-    print(f"fold {k}: accuracy {100 * acc[k]:.2f}%")
-mean = statistics.fmean(acc.values())
-std = statistics.pstdev(acc.values())  # over the folds run (population std, as for a fixed set of 5 folds)
-print(f"ESC-50 {tokens}: {100 * mean:.2f} +- {100 * std:.2f}% over {len(acc)} folds")
-summary = {"tokens": tokens, "folds": acc, "mean": mean, "std": std}
-(runs / f"{tokens}-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-PY
+# the authors' number (the epoch with the best fold-averaged accuracy) beside the final models' mean +- std
+"$PYTHON" "$REPO/finetune/summary.py" esc50 "$RUNS" "$TOKENS" $FOLDS --out "$RUNS/${TOKENS}-summary.json"
