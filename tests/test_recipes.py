@@ -18,6 +18,7 @@ from ssast.config import load_config
 from ssast.data.lists import list_path, stratified_split, write_json_list, write_label_csv
 from ssast.data.manifest import Clip, DataError, read_json_list, read_label_csv
 from ssast.data.shards import read_index
+from ssast.models.checkpoint import read_checkpoint_meta
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -303,6 +304,31 @@ def test_speechcommands_publisher_split(tmp_path, capsys):
     assert "missing on disk: 1" in text and "8000 Hz" in text and "the V2 release has 35" in text
 
 
+def test_speechcommands_run_sh_reports_best_on_validation_and_final_on_test(tmp_path):
+    root = tmp_path / "speech_commands_v0.02"
+    fake_speechcommands(root)
+    runs = tmp_path / "runs"
+    e = dict(env(), SC_ROOT=str(root), DATA=str(tmp_path / "data"), RUNS=str(runs))
+    cmd = ["bash", str(REPO / "finetune/speechcommands/run.sh"), "scratch", "frame", *TINY, "train.epochs=2"]
+    proc = subprocess.run(cmd, env=e, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = runs / "frame"
+    metrics = json.loads((run / "metrics.json").read_text())
+    best_test = json.loads((run / "best_test.json").read_text())
+    assert metrics["final_split"] == "test" and best_test["num_clips"] == 2  # the two test clips on disk
+    valid = [h["accuracy"] for h in metrics["history"] if h["split"] == "valid"]
+    summary = json.loads((runs / "frame-summary.json").read_text())
+    assert summary["best"]["test"] == best_test["accuracy"] and summary["final"]["test"] == metrics["final"]["accuracy"]
+    assert summary["best"]["valid"] == max(valid) and summary["best"]["epoch"] == 1 + valid.index(max(valid))
+    assert summary["best"]["epoch"] == read_checkpoint_meta(run / "best").epoch  # the epoch best/ was saved at
+    assert summary["final"]["epoch"] == 2 and "best on validation" in proc.stdout and "final (epoch 2)" in proc.stdout
+    # a finished run is neither trained nor evaluated again; the summary is printed again
+    before = (run / "best_test.json").stat().st_mtime_ns
+    again = subprocess.run(cmd, env=e, capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0 and "is finished" in again.stderr and "best on validation" in again.stdout
+    assert (run / "best_test.json").stat().st_mtime_ns == before
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # AudioSet
 
@@ -517,6 +543,7 @@ def test_run_scripts_build_the_recipe_commands(tmp_path):
     weights.write_bytes(b"x")
     out = dry("finetune/speechcommands/run.sh", f"imagenet:{weights}", "patch").stdout
     assert "speechcommands_patch.yaml" in out and "model.pooling=cls" in out and f"model.init=imagenet:{weights}" in out
+    assert "evaluate" in out and "/patch/best" in out  # then the best-on-validation model on the test list
     bad = dry("finetune/speechcommands/run.sh", f"imagenet:{weights}", "frame")
     assert bad.returncode == 2 and "16x16 patches" in bad.stderr
     bad = dry("finetune/esc50/run.sh", str(tmp_path / "no_such_ckpt"), "patch")
