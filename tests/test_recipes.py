@@ -544,6 +544,17 @@ def test_run_scripts_build_the_recipe_commands(tmp_path):
     out = dry("finetune/speechcommands/run.sh", f"imagenet:{weights}", "patch").stdout
     assert "speechcommands_patch.yaml" in out and "model.pooling=cls" in out and f"model.init=imagenet:{weights}" in out
     assert "evaluate" in out and "/patch/best" in out  # then the best-on-validation model on the test list
+    data_esc = tmp_path / "esc"
+    for name in ("fold1_train.json", "labels.csv"):
+        (data_esc / name).parent.mkdir(parents=True, exist_ok=True)
+        (data_esc / name).write_text("{}")
+    e_esc = dict(e, DATA=str(data_esc), FOLDS="1")
+    out = subprocess.run(["bash", str(REPO / "finetune/esc50/run.sh"), f"imagenet:{weights}", "patch"], env=e_esc,
+                         capture_output=True, text=True).stdout
+    assert "esc50_ast_imagenet.yaml" in out and "ast_imagenet-fold1" in out  # AST's own ESC-50 recipe
+    out = subprocess.run(["bash", str(REPO / "finetune/esc50/run.sh"), "scratch", "patch"], env=e_esc,
+                         capture_output=True, text=True).stdout
+    assert "esc50_patch.yaml" in out and "patch-fold1" in out
     bad = dry("finetune/speechcommands/run.sh", f"imagenet:{weights}", "frame")
     assert bad.returncode == 2 and "16x16 patches" in bad.stderr
     bad = dry("finetune/esc50/run.sh", str(tmp_path / "no_such_ckpt"), "patch")
@@ -561,6 +572,13 @@ def test_recipe_configs_load_and_point_at_the_prepared_lists():
             assert cfg.data.train_weights == []  # mixed in proportion to the clip counts, as concatenation
     esc = load_config(REPO / "configs/finetune/esc50_patch.yaml")
     assert esc.data.train == ["data/esc50/fold1_train.json"] and esc.data.label_csv == "data/esc50/labels.csv"
+    ast = load_config(REPO / "configs/finetune/esc50_ast_imagenet.yaml")  # AST's egs/esc50/run_esc.sh, ImageNet alone
+    assert (ast.optim.lr, ast.train.epochs, ast.data.batch_size, ast.optim.warmup_steps) == (1e-4, 25, 48, 0)
+    assert (ast.optim.schedule, ast.optim.step_start, ast.optim.step_every, ast.optim.step_factor) == ("step", 5, 1, 0.85)
+    assert (ast.augment.freqm, ast.augment.timem, ast.augment.mixup, ast.augment.noise) == (24, 96, 0.0, False)
+    assert (ast.model.fstride, ast.model.tstride, ast.model.pooling, ast.model.num_prefix) == (10, 10, "cls", 2)
+    assert ast.audio.target_length == 512 and ast.model.init.startswith("imagenet:")
+    assert (ast.audio.norm_mean, ast.audio.norm_std) == (esc.audio.norm_mean, esc.audio.norm_std)
 
 
 def test_prepare_script_help_and_one_line_error(tmp_path):
