@@ -18,6 +18,7 @@ from ssast.config import load_config
 from ssast.data.lists import list_path, stratified_split, write_json_list, write_label_csv
 from ssast.data.manifest import Clip, DataError, read_json_list, read_label_csv
 from ssast.data.shards import read_index
+from ssast.models.checkpoint import read_checkpoint_meta
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -198,12 +199,74 @@ def test_esc50_run_sh_end_to_end_with_fold_summary(tmp_path):
         assert metrics["final_split"] == "valid" and 0.0 <= metrics["final"]["accuracy"] <= 1.0
         accs.append(metrics["final"]["accuracy"])
     summary = json.loads((runs / "patch-summary.json").read_text())
-    assert summary["mean"] == pytest.approx(np.mean(accs)) and summary["std"] == pytest.approx(np.std(accs))
-    assert "over 2 folds" in proc.stdout
+    final = summary["final"]
+    assert final["mean"] == pytest.approx(np.mean(accs)) and final["std"] == pytest.approx(np.std(accs))
+    assert summary["authors"]["epoch"] == 1 and summary["authors"]["epochs"] == 1  # one epoch: the final one
+    assert summary["authors"]["mean"] == pytest.approx(np.mean(accs))
+    assert "authors' number" in proc.stdout and "over 2 folds" in proc.stdout and "final models" in proc.stdout
     # finished folds are not trained again
     again = subprocess.run(["bash", str(REPO / "finetune/esc50/run.sh"), "scratch", "patch", *TINY],
                            env=e, capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode == 0 and "is finished" in again.stderr
+
+
+def write_metrics(run: Path, valid: list[float], final: float, final_split: str = "valid") -> None:
+    """A hand-made RUN/metrics.json: one validation accuracy per epoch (1, 2, ...) and the final model's."""
+    run.mkdir(parents=True, exist_ok=True)
+    history = [{"step": 10 * e, "epoch": e, "split": "valid", "accuracy": a, "loss": 1.0}
+               for e, a in enumerate(valid, 1)]
+    doc = {"task": "finetune", "epochs": len(valid), "final": {"accuracy": final}, "final_split": final_split,
+           "history": history}
+    (run / "metrics.json").write_text(json.dumps(doc))
+
+
+def test_esc50_summary_takes_the_best_fold_averaged_epoch_not_each_folds_best(tmp_path, capsys):
+    curves = {"1": [0.25, 1.0, 0.5, 0.5],    # best epoch 2
+              "2": [0.25, 0.5, 0.5, 1.0],    # best epoch 4
+              "3": [0.25, 0.75, 1.0, 0.5]}   # best epoch 3; fold means per epoch: 0.25, 0.75, 0.667, 0.667
+    for k, c in curves.items():
+        write_metrics(tmp_path / f"patch-fold{k}", c, final=c[-1])
+    summary_py = load_script("finetune/summary.py")
+    assert summary_py.main(["esc50", str(tmp_path), "patch", "1", "2", "3", "--out", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    s = json.loads((tmp_path / "s.json").read_text())
+    a, f = s["authors"], s["final"]
+    assert a["epoch"] == 2 and a["epochs"] == 4 and a["mean"] == pytest.approx(0.75)  # each fold's best: 1.0 on average
+    assert a["per_fold"] == {"1": 1.0, "2": 0.5, "3": 0.75} and a["std"] == pytest.approx(np.std([1.0, 0.5, 0.75]))
+    assert a["per_epoch_mean"] == pytest.approx({"1": 0.25, "2": 0.75, "3": 2 / 3, "4": 2 / 3})
+    assert f["per_fold"] == {"1": 0.5, "2": 1.0, "3": 0.5} and f["mean"] == pytest.approx(2 / 3)
+    assert f["std"] == pytest.approx(np.std([0.5, 1.0, 0.5]))
+    assert "75.00% at epoch 2 of 4, over 3 folds" in out and "66.67 +- 23.57" in out
+
+    # a tie between epochs goes to the first (np.argmax in get_esc_result.py); a strictly better later one wins
+    write_metrics(tmp_path / "patch-fold1", [0.25, 1.0, 0.75, 0.5], final=0.5)  # epoch 3 ties epoch 2 at 0.75
+    assert summary_py.esc50_summary(tmp_path, "patch", ["1", "2", "3"])["authors"]["epoch"] == 2
+    write_metrics(tmp_path / "patch-fold1", [0.25, 1.0, 1.0, 0.5], final=0.5)
+    assert summary_py.esc50_summary(tmp_path, "patch", ["1", "2", "3"])["authors"]["epoch"] == 3
+
+    write_metrics(tmp_path / "patch-fold3", [0.5, 0.5], final=0.5)  # a fold trained for other epochs
+    with pytest.raises(summary_py.SummaryError, match=r"patch-fold3.*epochs 1-2, but fold 1 after 1-4.*RERUN=1"):
+        summary_py.esc50_summary(tmp_path, "patch", ["1", "2", "3"])
+    proc = subprocess.run([PY, str(REPO / "finetune/summary.py"), "esc50", str(tmp_path), "patch", "1", "9"],
+                          env=env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "patch-fold9/metrics.json: not found" in proc.stderr
+
+
+def test_speechcommands_summary_best_on_validation_beside_final(tmp_path, capsys):
+    run = tmp_path / "frame"
+    write_metrics(run, [0.5, 0.875, 0.875, 0.75], final=0.8, final_split="test")  # best/ saved after epoch 2
+    (tmp_path / "best_test.json").write_text(json.dumps({"accuracy": 0.9, "num_clips": 10}))
+    summary_py = load_script("finetune/summary.py")
+    assert summary_py.main(["speechcommands", str(run), str(tmp_path / "best_test.json"),
+                            "--out", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["best"]["epoch"] == 2 and s["best"]["valid"] == 0.875 and s["best"]["test"] == 0.9
+    assert s["final"] == {"epoch": 4, "valid": 0.75, "test": 0.8}
+    assert "best on validation (epoch 2), authors" in out and "90.00" in out and "80.00" in out
+    write_metrics(run, [0.5], final=0.8, final_split="valid")  # no test list: nothing to report as the authors do
+    with pytest.raises(summary_py.SummaryError, match="not the test list"):
+        summary_py.speechcommands_summary(run, tmp_path / "best_test.json")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,6 +302,31 @@ def test_speechcommands_publisher_split(tmp_path, capsys):
     for c in read_json_list(out / "train.json"):
         assert c.labels == [Path(c.path).parent.name]
     assert "missing on disk: 1" in text and "8000 Hz" in text and "the V2 release has 35" in text
+
+
+def test_speechcommands_run_sh_reports_best_on_validation_and_final_on_test(tmp_path):
+    root = tmp_path / "speech_commands_v0.02"
+    fake_speechcommands(root)
+    runs = tmp_path / "runs"
+    e = dict(env(), SC_ROOT=str(root), DATA=str(tmp_path / "data"), RUNS=str(runs))
+    cmd = ["bash", str(REPO / "finetune/speechcommands/run.sh"), "scratch", "frame", *TINY, "train.epochs=2"]
+    proc = subprocess.run(cmd, env=e, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = runs / "frame"
+    metrics = json.loads((run / "metrics.json").read_text())
+    best_test = json.loads((run / "best_test.json").read_text())
+    assert metrics["final_split"] == "test" and best_test["num_clips"] == 2  # the two test clips on disk
+    valid = [h["accuracy"] for h in metrics["history"] if h["split"] == "valid"]
+    summary = json.loads((runs / "frame-summary.json").read_text())
+    assert summary["best"]["test"] == best_test["accuracy"] and summary["final"]["test"] == metrics["final"]["accuracy"]
+    assert summary["best"]["valid"] == max(valid) and summary["best"]["epoch"] == 1 + valid.index(max(valid))
+    assert summary["best"]["epoch"] == read_checkpoint_meta(run / "best").epoch  # the epoch best/ was saved at
+    assert summary["final"]["epoch"] == 2 and "best on validation" in proc.stdout and "final (epoch 2)" in proc.stdout
+    # a finished run is neither trained nor evaluated again; the summary is printed again
+    before = (run / "best_test.json").stat().st_mtime_ns
+    again = subprocess.run(cmd, env=e, capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0 and "is finished" in again.stderr and "best on validation" in again.stdout
+    assert (run / "best_test.json").stat().st_mtime_ns == before
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -455,6 +543,18 @@ def test_run_scripts_build_the_recipe_commands(tmp_path):
     weights.write_bytes(b"x")
     out = dry("finetune/speechcommands/run.sh", f"imagenet:{weights}", "patch").stdout
     assert "speechcommands_patch.yaml" in out and "model.pooling=cls" in out and f"model.init=imagenet:{weights}" in out
+    assert "evaluate" in out and "/patch/best" in out  # then the best-on-validation model on the test list
+    data_esc = tmp_path / "esc"
+    for name in ("fold1_train.json", "labels.csv"):
+        (data_esc / name).parent.mkdir(parents=True, exist_ok=True)
+        (data_esc / name).write_text("{}")
+    e_esc = dict(e, DATA=str(data_esc), FOLDS="1")
+    out = subprocess.run(["bash", str(REPO / "finetune/esc50/run.sh"), f"imagenet:{weights}", "patch"], env=e_esc,
+                         capture_output=True, text=True).stdout
+    assert "esc50_ast_imagenet.yaml" in out and "ast_imagenet-fold1" in out  # AST's own ESC-50 recipe
+    out = subprocess.run(["bash", str(REPO / "finetune/esc50/run.sh"), "scratch", "patch"], env=e_esc,
+                         capture_output=True, text=True).stdout
+    assert "esc50_patch.yaml" in out and "patch-fold1" in out
     bad = dry("finetune/speechcommands/run.sh", f"imagenet:{weights}", "frame")
     assert bad.returncode == 2 and "16x16 patches" in bad.stderr
     bad = dry("finetune/esc50/run.sh", str(tmp_path / "no_such_ckpt"), "patch")
@@ -472,6 +572,13 @@ def test_recipe_configs_load_and_point_at_the_prepared_lists():
             assert cfg.data.train_weights == []  # mixed in proportion to the clip counts, as concatenation
     esc = load_config(REPO / "configs/finetune/esc50_patch.yaml")
     assert esc.data.train == ["data/esc50/fold1_train.json"] and esc.data.label_csv == "data/esc50/labels.csv"
+    ast = load_config(REPO / "configs/finetune/esc50_ast_imagenet.yaml")  # AST's egs/esc50/run_esc.sh, ImageNet alone
+    assert (ast.optim.lr, ast.train.epochs, ast.data.batch_size, ast.optim.warmup_steps) == (1e-4, 25, 48, 0)
+    assert (ast.optim.schedule, ast.optim.step_start, ast.optim.step_every, ast.optim.step_factor) == ("step", 5, 1, 0.85)
+    assert (ast.augment.freqm, ast.augment.timem, ast.augment.mixup, ast.augment.noise) == (24, 96, 0.0, False)
+    assert (ast.model.fstride, ast.model.tstride, ast.model.pooling, ast.model.num_prefix) == (10, 10, "cls", 2)
+    assert ast.audio.target_length == 512 and ast.model.init.startswith("imagenet:")
+    assert (ast.audio.norm_mean, ast.audio.norm_std) == (esc.audio.norm_mean, esc.audio.norm_std)
 
 
 def test_prepare_script_help_and_one_line_error(tmp_path):
