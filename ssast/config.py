@@ -97,7 +97,7 @@ class AudioConfig:
     sample_rate: int = 16000
     num_mel_bins: int = 128
     target_length: int = 1024
-    crop: Literal["start", "random", "center"] = "random"  # where a longer clip is cut (evaluation uses start)
+    crop: Literal["start", "random", "center"] = "start"  # where a longer training clip is cut; start as the authors'
     norm_mean: float = DATASET_STATS["audioset"][0]
     norm_std: float = DATASET_STATS["audioset"][1]
 

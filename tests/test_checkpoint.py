@@ -125,7 +125,7 @@ def test_version_1_layout_still_reads(tmp_path):
     assert meta.labels == ["dog", "rain"] and meta.label_ids == ["/m/a", "/m/b"] and meta.multilabel
     assert (meta.step, meta.epoch, meta.task, meta.imported_from) == (40, 2, "finetune", None)
     # "norm" wins over extra.audio, as the version-1 reader had it; inference crops at the start
-    assert meta.audio == AudioConfig(num_mel_bins=32, target_length=64, norm_mean=-6.5, norm_std=5.25)
+    assert meta.audio == AudioConfig(num_mel_bins=32, target_length=64, crop="random", norm_mean=-6.5, norm_std=5.25)
     assert audio_config_of(meta) == AudioConfig(num_mel_bins=32, target_length=64, norm_mean=-6.5, norm_std=5.25,
                                                 crop="start")
     # an imported checkpoint's layout; then one with statistics only, and one with no feature settings at all
