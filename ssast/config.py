@@ -137,7 +137,7 @@ class DataConfig:
     strict: bool = False  # bad audio is an error instead of a counted skip
     allow_missing: bool = False  # files listed but missing on disk: warn and drop them instead of stopping
     # pretraining without data.valid that needs validation (plateau schedule, eval_every): this share of the training
-    # clips (by a fixed hash of their path; whole shards for shard sources) is held out as the validation set
+    # clips of each source (at least one; by a fixed hash of their path; whole shards for shard sources) is held out
     holdout: float = 0.01
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from ssast.config import load_config
-from ssast.data.loader import build_loader, is_held_out
+from ssast.data.loader import build_loader, held_out_paths
 from ssast.demo import make_corpus
 from ssast.train.engine import train
 
@@ -28,7 +28,9 @@ def test_held_out_clips_are_validation_and_never_training(corpus):
     valid_keys = {c.path for c in build_loader(cfg, "valid").datasets[0].clips}
     assert valid_keys and train_keys and not (train_keys & valid_keys)
     assert len(train_keys) + len(valid_keys) == 24
-    assert all(is_held_out(k, 0.25) for k in valid_keys)
+    assert valid_keys == held_out_paths(sorted(train_keys | valid_keys), 0.25) and len(valid_keys) == 6
+    # a tiny source still gives one validation clip (the recipes' 1% of a handful of clips)
+    assert len(held_out_paths([f"c{i}.wav" for i in range(4)], 0.01)) == 1
     # a cosine run needs no validation: nothing is held out
     cos = load_config(None, [*TINY, f"data.train=[{corpus.pool}]", "optim.schedule=cosine"])
     assert len(build_loader(cos, "train").datasets[0].clips) == 24

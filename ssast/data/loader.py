@@ -239,9 +239,14 @@ def holdout_fraction(cfg: Config) -> float:
     return cfg.data.holdout if cfg.task == "pretrain" and needs and not cfg.data.valid else 0.0
 
 
-def is_held_out(key: str, fraction: float) -> bool:
-    """Whether a clip (by its path or key) belongs to the held-out share: a fixed hash, so every run agrees."""
-    return zlib.crc32(key.encode()) % 100_000 < fraction * 100_000
+def held_out_paths(paths: Sequence[str], fraction: float) -> set[str]:
+    """The clips held out of one source: the ``fraction`` (at least one) with the smallest fixed hash of their path,
+    so every run, rank and worker agrees without storing a list."""
+    if len(paths) < 2:
+        raise DataError(f"a source of {len(paths)} clip cannot give pretraining validation clips and still train; "
+                        "give data.valid")
+    count = max(1, round(fraction * len(paths)))
+    return set(sorted(paths, key=lambda p: (zlib.crc32(p.encode()), p))[:count])
 
 
 def _map_dataset(cfg: Config, source: str, kind: str, labels: LabelSet | None, train: bool, seed: int,
@@ -264,11 +269,8 @@ def _map_dataset(cfg: Config, source: str, kind: str, labels: LabelSet | None, t
         clip_labels = None  # a folder has no labels
     if holdout:
         fraction, role = holdout
-        total = len(clips)
-        clips = [c for c in clips if is_held_out(c.path, fraction) == (role == "only")]
-        if role == "only" and not clips:
-            raise DataError(f"{source}: data.holdout={fraction:g} holds out none of its {total} clips for "
-                            "pretraining validation; raise data.holdout or give data.valid")
+        held = held_out_paths([c.path for c in clips], fraction)
+        clips = [c for c in clips if (c.path in held) == (role == "only")]
     mixup = cfg.augment.mixup if cfg.augment.mixup_partner == "dataset" and cfg.augment.mixup_domain == "wave" else 0
     return ClipDataset(
         clips,
