@@ -1,17 +1,22 @@
 """SUPERB's layer combination (model.layer_weights) and utterance head (model.projector_dim): the weighted sum, its
-gradients, unchanged models when off, and a fine-tune through the CLI."""
+gradients, unchanged models when off, a fine-tune through the CLI, and the VoxCeleb1 recipes that use them."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
 from ssast.cli import main
-from ssast.config import ModelConfig, OptimConfig
+from ssast.config import DATASET_STATS, ModelConfig, OptimConfig, load_config
 from ssast.demo import make_corpus
 from ssast.models.classifier import SSASTClassifier
 from ssast.train.optim import param_groups
 
+REPO = Path(__file__).resolve().parent.parent
 torch.manual_seed(0)
 
 
@@ -83,6 +88,43 @@ def test_flags_off_leave_the_model_as_it_was():
     assert set(on.state_dict()) == keys | {"layer_weights"}
     missing, unexpected = on.load_state_dict(model.state_dict(), strict=False)
     assert missing == ["layer_weights"] and unexpected == []
+
+
+def test_voxceleb1_configs_load():
+    authors = load_config(REPO / "configs/finetune/voxceleb1_frame.yaml", task="finetune")
+    m, o = authors.model, authors.optim
+    assert m.is_frame and (m.fstride, m.tstride) == (128, 1) and m.layer_weights and m.projector_dim == 256
+    assert authors.audio.target_length == m.input_tdim == 1000
+    assert (authors.audio.norm_mean, authors.audio.norm_std) == DATASET_STATS["audioset"]
+    assert (o.optimizer, o.lr, o.betas, o.weight_decay, o.warmup_steps, o.schedule, o.grad_clip) == (
+        "adam", 1e-4, [0.9, 0.999], 0.0, 0, "constant", 1.0)
+    assert authors.data.batch_size * o.accum_steps == 32 and authors.train.epochs == 9
+    a = authors.augment
+    assert (a.freqm, a.timem, a.noise, a.mixup) == (0, 0, False, 0.0)
+    assert authors.data.train == ["data/voxceleb1/train.json"] and authors.data.label_csv == "data/voxceleb1/labels.csv"
+    ours = load_config(REPO / "configs/finetune/voxceleb1_frame_ssast_style.yaml", task="finetune")
+    assert not ours.model.layer_weights and ours.model.projector_dim == 0 and ours.audio.target_length == 600
+    assert ours.train.run_dir != authors.train.run_dir
+
+
+def test_run_script_picks_the_recipe(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.json").write_text("{}")
+    env = dict(os.environ, DRY_RUN="1", DATA=str(data), RUNS=str(tmp_path / "runs"), PYTHON="python")
+    env.pop("VOXCELEB1_ROOT", None)
+
+    def dry(recipe: str | None) -> subprocess.CompletedProcess:
+        e = dict(env, **({"RECIPE": recipe} if recipe else {}))
+        return subprocess.run(["bash", str(REPO / "finetune/voxceleb1/run.sh"), "scratch", "frame"], env=e,
+                              capture_output=True, text=True)
+
+    out = dry(None).stdout
+    assert "voxceleb1_frame.yaml" in out and f"train.run_dir={tmp_path / 'runs' / 'frame'} " in out
+    out = dry("ssast_style").stdout
+    assert "voxceleb1_frame_ssast_style.yaml" in out and "frame_ssast_style" in out
+    bad = dry("other")
+    assert bad.returncode == 2 and "RECIPE must be" in bad.stderr
 
 
 TINY = [
