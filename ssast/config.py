@@ -73,6 +73,13 @@ class ModelConfig:
     decoder_heads: Optional[int] = None
     # fine-tuning
     pooling: Literal["mean", "cls"] = "mean"
+    # SUPERB's featurizer (the authors' VoxCeleb1 / IEMOCAP / KS1 runs): the tokens the pooling sees are a weighted sum
+    # of every block's output (before the final norm), with learnable weights that start equal and are
+    # softmax-normalised; off: the final, normalised block output (the SSAST fine-tuning recipes)
+    layer_weights: bool = False
+    # 0: head LayerNorm + Linear(D, classes); k > 0: SUPERB's utterance-level head, Linear(D, k) then Linear(k, classes)
+    # with no norm or activation between (s3prl's projector + mean pooling + linear; linear maps commute with the mean)
+    projector_dim: int = 0
     num_classes: int = 0  # 0: taken from the label list at fine-tuning
     init: str = ""  # "", "scratch", a checkpoint path, "imagenet:FILE" or "imagenet:timm" (see README)
 
@@ -431,6 +438,7 @@ def _minimums(cfg: Config) -> list[tuple[str, float, float]]:
         ("train.eval_every", t.eval_every, 0),
         ("train.image_every", t.image_every, 0),
         ("data.holdout", cfg.data.holdout, 0),
+        ("model.projector_dim", cfg.model.projector_dim, 0),
     ]
     if o.schedule == "step":
         checks.append(("optim.step_every", o.step_every, 1))

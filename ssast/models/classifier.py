@@ -2,6 +2,10 @@
 
 Pooling "mean" averages the patch-token outputs (prefix excluded; the SSAST default, since pretraining supervises the
 tokens); "cls" averages the prefix-token outputs (AST's (cls + dist) / 2).
+
+Two options reproduce the SUPERB setup the authors ran VoxCeleb1 with (s3prl's featurizer and utterance-level head):
+``model.layer_weights`` pools a softmax-weighted sum of every block's output instead of the final normalised output,
+and ``model.projector_dim`` replaces the LayerNorm + Linear head by Linear(D, k) + Linear(k, classes).
 """
 from __future__ import annotations
 
@@ -30,9 +34,21 @@ class SSASTClassifier(nn.Module):
         self.pooling = cfg.pooling
         self.encoder = build_encoder(cfg)
         dim = self.encoder.dim
-        self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
-        nn.init.trunc_normal_(self.head[1].weight, std=0.02)
-        nn.init.zeros_(self.head[1].bias)
+        if cfg.layer_weights:
+            # one weight per block, zeros so that the softmax starts equal (s3prl's Featurizer)
+            self.layer_weights = nn.Parameter(torch.zeros(self.encoder.depth))
+            # the final norm is off this path: frozen, so the optimiser and DDP skip it; it stays in the state dict,
+            # so pretrained encoders load as they are
+            self.encoder.norm.requires_grad_(False)
+        else:
+            self.register_parameter("layer_weights", None)  # no state-dict key: checkpoints as before
+        if cfg.projector_dim:
+            # SUPERB's projector and linear classifier, PyTorch's default init as in s3prl
+            self.head = nn.Sequential(nn.Linear(dim, cfg.projector_dim), nn.Linear(cfg.projector_dim, num_classes))
+        else:
+            self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
+            nn.init.trunc_normal_(self.head[1].weight, std=0.02)
+            nn.init.zeros_(self.head[1].bias)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, P+N, D) encoder outputs -> (B, D) clip embedding by the configured pooling."""
@@ -42,8 +58,23 @@ class SSASTClassifier(nn.Module):
         return tokens[:, p:].mean(dim=1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, F) fbank -> (B, P+N, D) encoder outputs, prefix tokens first (timm's meaning)."""
-        return self.encoder(x)
+        """(B, T, F) fbank -> (B, P+N, D) token features, prefix tokens first (timm's meaning): the encoder output, or
+        with ``model.layer_weights`` the weighted sum of every block's output."""
+        if self.layer_weights is None:
+            return self.encoder(x)
+        return self.combine_layers(self.encoder.forward_intermediates(x)[1])
+
+    def combine_layers(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """Softmax(layer_weights)-weighted sum of the blocks' (B, L, D) outputs, in their dtype.
+
+        Summed term by term rather than stacked: the block outputs are kept for the backward pass anyway, so this
+        adds no copy of all of them.
+        """
+        w = torch.softmax(self.layer_weights.float(), dim=0)
+        out = layers[0] * w[0]
+        for h, wi in zip(layers[1:], w[1:]):
+            out = out + h * wi
+        return out
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, P+N, D) encoder outputs -> (B, C) logits, or with ``pre_logits`` the pooled (B, D) clip embedding."""

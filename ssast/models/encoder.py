@@ -143,19 +143,35 @@ class ViTEncoder(nn.Module):
         prefix = self.prefix_tokens.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
         return torch.cat([prefix, tokens], dim=1) + self.position_embedding(tuple(grid))
 
-    def run_blocks(self, x: Tensor) -> Tensor:
-        """(B, L, D) -> (B, L, D): the transformer blocks (checkpointed when asked, in training) and the final norm."""
+    def run_blocks(self, x: Tensor, intermediates: Optional[list[Tensor]] = None) -> Tensor:
+        """(B, L, D) -> (B, L, D): the transformer blocks (checkpointed when asked, in training) and the final norm.
+
+        With a list ``intermediates``, every block's output (before the final norm) is appended to it.
+        """
         for blk in self.blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)
+            if intermediates is not None:
+                intermediates.append(x)
         return self.norm(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, F) filter bank -> (B, P + N, D) normalised token outputs, prefix first."""
         grid = self.grid_for(x)
         return self.run_blocks(self.add_positions(self.patch_embed(x), grid))
+
+    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(B, T, F) -> (the forward output, [every block's (B, P + N, D) output before the final norm, first to last]).
+
+        The block outputs are the hidden states SUPERB combines (the authors' upstream returns these 12, without the
+        patch embedding and without the final norm); in timm's spirit, though simpler than its ``forward_intermediates``.
+        """
+        grid = self.grid_for(x)
+        layers: list[Tensor] = []
+        out = self.run_blocks(self.add_positions(self.patch_embed(x), grid), layers)
+        return out, layers
 
 
 def build_encoder(cfg: ModelConfig) -> ViTEncoder:
