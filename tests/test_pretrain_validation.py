@@ -3,7 +3,6 @@ plateau_every steps, driving ReduceLROnPlateau(mode=max, patience=2); a held-out
 data.valid is given (never trained on), stated in the log, and the curve in TensorBoard."""
 from __future__ import annotations
 
-import json
 
 import pytest
 

@@ -197,7 +197,8 @@ class Trainer:
         self.task.load_state_dict(st["task"])
         self._restored_rng = st["rng"]  # applied when the loop starts, after everything set-up may draw
 
-    def _model_meta(self) -> "CheckpointMeta":
+    def _model_meta(self):
+        """The typed checkpoint metadata (ssast.models.checkpoint.CheckpointMeta) of the model as it is now."""
         from ssast.models.checkpoint import CheckpointMeta
 
         labels = self.labels
