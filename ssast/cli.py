@@ -155,6 +155,16 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ssast.atomic import check_output
+    from ssast.export import export_checkpoint
+
+    check_output(args.out, folder=args.format == "hf", what="output")
+    written = export_checkpoint(args.checkpoint, args.out, args.format)
+    print(f"exported {args.checkpoint} -> {written} ({args.format})")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from ssast.atomic import check_output
     from ssast.compare import compare_runs
@@ -234,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm-mean", type=float, help="own statistics instead of --stats (with --norm-std)")
     p.add_argument("--norm-std", type=float)
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="write a checkpoint as a transformers folder (hf) or an ONNX file (onnx)")
+    p.add_argument("checkpoint")
+    p.add_argument("out", help="a folder (hf) or a .onnx file (onnx)")
+    p.add_argument("--format", choices=["hf", "onnx"], required=True)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("compare", help="table and curves of several runs (e.g. patch vs frame)")
     p.add_argument("runs", nargs="+")

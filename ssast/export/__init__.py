@@ -1,0 +1,35 @@
+"""Taking a trained model elsewhere: Hugging Face transformers (export and import) and ONNX (export).
+
+The optional packages are imported only here, on use: ``pip install -e ".[hf]"`` or ``".[onnx]"``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ssast.config import ConfigError
+
+FORMATS = ("hf", "onnx")
+
+
+def require_extra(module: str, extra: str) -> None:
+    """One line naming the extra to install when an optional package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{module} is not installed: pip install -e \".[{extra}]\" (or pip install {module})")
+
+
+def export_checkpoint(ckpt: str, out: str, fmt: str, **options) -> Path:
+    """Write checkpoint folder ``ckpt`` to ``out`` in format ``fmt`` ("hf": a transformers folder; "onnx": a .onnx file)."""
+    if fmt == "hf":
+        require_extra("transformers", "hf")
+        from ssast.export.hf import export_hf
+
+        return export_hf(ckpt, out, **options)
+    if fmt == "onnx":
+        for module in ("onnx", "onnxscript"):
+            require_extra(module, "onnx")
+        from ssast.export.onnx import export_onnx
+
+        return export_onnx(ckpt, out, **options)
+    raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
