@@ -178,6 +178,9 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 0  # pretraining length (steps)
     epochs: int = 0  # fine-tuning length (epochs)
+    # fine-tuning: raise the epochs so that the run takes at least this many optimiser steps (0: off). A few labelled
+    # clips give a few steps per epoch; the few-label recipe needs a minimum number of updates whatever the set size
+    min_steps: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False

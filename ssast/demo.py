@@ -9,97 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
 
-SR = 16000
-CLASSES = [
-    ("rising", "rising chirp"),
-    ("falling", "falling chirp"),
-    ("harmonic", "harmonic tone"),
-    ("tremolo", "amplitude-modulated tone"),
-    ("pulses", "click train"),
-    ("band_noise", "band-limited noise burst"),
-]
-
-
-def synth_event(kind: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
-    """One clip: an event of ``kind`` at a random time, pitch and level over faint background noise."""
-    n = int(seconds * SR)
-    t = np.arange(n) / SR
-    dur = rng.uniform(0.4, 0.8) * seconds
-    start = rng.uniform(0, seconds - dur)
-    env = ((t >= start) & (t < start + dur)).astype(np.float64)
-    local = np.clip(t - start, 0, dur)
-    f0 = rng.uniform(200, 1200)
-    if kind == "rising":
-        f1 = f0 * rng.uniform(2.5, 4.0)
-        phase = 2 * np.pi * (f0 * local + (f1 - f0) * local**2 / (2 * dur))
-        x = np.sin(phase)
-    elif kind == "falling":
-        f1 = f0 * rng.uniform(2.5, 4.0)
-        phase = 2 * np.pi * (f1 * local - (f1 - f0) * local**2 / (2 * dur))
-        x = np.sin(phase)
-    elif kind == "harmonic":
-        x = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 6))
-    elif kind == "tremolo":
-        x = np.sin(2 * np.pi * f0 * 1.5 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(6, 12) * t))
-    elif kind == "pulses":
-        period = int(SR / rng.uniform(8, 20))
-        x = np.zeros(n)
-        x[::period] = 1.0
-        x = np.convolve(x, np.hanning(64), mode="same")
-    elif kind == "band_noise":
-        spec = np.fft.rfft(rng.standard_normal(n))
-        freqs = np.fft.rfftfreq(n, 1 / SR)
-        lo = rng.uniform(1500, 5000)
-        spec[(freqs < lo) | (freqs > lo * 1.5)] = 0
-        x = np.fft.irfft(spec, n)
-    else:
-        raise ValueError(kind)
-    x = x / (np.abs(x).max() + 1e-9) * env * rng.uniform(0.3, 0.9)
-    x += rng.standard_normal(n) * rng.uniform(0.002, 0.02)
-    return x.astype(np.float32)
-
-
-@dataclass
-class DemoCorpus:
-    root: Path
-    pool: Path  # unlabeled pretraining list
-    train: Path
-    test: Path
-    labels: Path
-
-
-def make_corpus(root: str | Path, *, pool: int = 720, train_per_class: int = 6, test_per_class: int = 20,
-                seconds: float = 1.28, seed: int = 0) -> DemoCorpus:
-    """Write the demo corpus (wav files, SSAST JSON lists and a label CSV) under ``root``; idempotent."""
-    root = Path(root)
-    audio = root / "audio"
-    audio.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    lists: dict[str, list[dict]] = {"pool": [], "train": [], "test": []}
-    sizes = {"pool": pool, "train": train_per_class * len(CLASSES), "test": test_per_class * len(CLASSES)}
-    for split, count in sizes.items():
-        for i in range(count):
-            mid = CLASSES[i % len(CLASSES)][0] if split != "pool" else CLASSES[rng.integers(len(CLASSES))][0]
-            path = audio / f"{split}_{i:04d}_{mid}.wav"
-            wave = synth_event(mid, seconds, rng)
-            if not path.exists():
-                sf.write(path, wave, SR, subtype="PCM_16")
-            entry = {"wav": f"audio/{path.name}"}
-            if split != "pool":
-                entry["labels"] = mid
-            lists[split].append(entry)
-    for split, data in lists.items():
-        (root / f"{split}.json").write_text(json.dumps({"data": data}, indent=1))
-    csv = root / "labels.csv"
-    csv.write_text("index,mid,display_name\n" + "".join(f"{i},{m},\"{n}\"\n" for i, (m, n) in enumerate(CLASSES)))
-    return DemoCorpus(root, root / "pool.json", root / "train.json", root / "test.json", csv)
-
+from ssast.synthetic import Corpus as DemoCorpus  # noqa: F401  (re-exported: tests and scripts import them here)
+from ssast.synthetic import make_corpus
 
 DEMO_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
 

@@ -402,7 +402,7 @@ class Trainer:
         return self._finish()
 
     def _done(self) -> bool:
-        return self.epoch >= self.cfg.train.epochs if self.by_epochs else self.step >= self.total_steps
+        return self.epoch >= self.task.epochs if self.by_epochs else self.step >= self.total_steps
 
     def _end_epoch(self) -> None:
         self.epoch += 1

@@ -19,6 +19,10 @@ from ssast.metrics import classification_metrics
 from ssast.train.logging import reconstruction_figure
 from ssast.train.runtime import Runtime
 
+# Optimiser steps a fine-tuning on a small labelled set needs (the few-label recipe's train.min_steps, measured in
+# benchmarks/label_efficiency.py); shorter runs without train.min_steps get a warning
+FEW_LABEL_MIN_STEPS = 400
+
 
 class PretrainTask:
     """Masked spectrogram patch modeling: the model returns its own loss and masked accuracy."""
@@ -139,6 +143,8 @@ class FinetuneTask:
         self.bce = uses_sigmoid(cfg)
         self.monitor = "mAP" if cfg.data.multilabel else "accuracy"
         self.wa_state, self.wa_count = None, 0  # running mean of the weights over the averaging epochs
+        self.epochs = cfg.train.epochs  # raised by length() to reach train.min_steps
+        self.notes: list[str] = []  # said when training starts
 
     def build_model(self) -> tuple[nn.Module, str]:
         from ssast.models.factory import build_classifier
@@ -155,7 +161,18 @@ class FinetuneTask:
             raise ConfigError("data.train: fine-tuning from these shards needs their clip count; give shard "
                               "folders written by `ssast prepare` (with index.json) or tars with their sidecars")
         per_step = max(1, batches_per_epoch // accum)
-        return self.cfg.train.epochs * per_step, per_step, not exact
+        train = self.cfg.train
+        self.epochs = max(train.epochs, -(-train.min_steps // per_step))
+        steps = self.epochs * per_step
+        if self.epochs > train.epochs:
+            self.notes.append(f"train.epochs raised from {train.epochs} to {self.epochs}: {per_step} steps per epoch, "
+                              f"train.min_steps={train.min_steps}")
+        elif steps < FEW_LABEL_MIN_STEPS and not train.min_steps:
+            self.notes.append(
+                f"warning: this fine-tuning takes only {steps} optimiser steps ({self.epochs} epochs x {per_step}); "
+                f"small labelled sets need about {FEW_LABEL_MIN_STEPS} (set train.min_steps={FEW_LABEL_MIN_STEPS}, "
+                "or use the few-label recipe of configs/finetune/custom_template.yaml)")
+        return steps, per_step, not exact
 
     def loss(self, model, feats, labels, gen):
         logits = model(feats).float()
@@ -171,7 +188,8 @@ class FinetuneTask:
 
     # -- hooks ---------------------------------------------------------------------------------------------------
     def before_training(self, tr) -> None:
-        pass
+        for note in self.notes:
+            tr.progress.message(note)
 
     def after_step(self, tr, extras: dict, bad: torch.Tensor) -> None:
         pass
@@ -188,6 +206,10 @@ class FinetuneTask:
                 self.wa_count += 1
                 for k in self.wa_state:
                     self.wa_state[k] += (state[k] - self.wa_state[k]) / self.wa_count
+        # a run whose epochs train.min_steps raised validates and saves as often as the configured epoch count would
+        every = -(-self.epochs // max(1, train.epochs))
+        if epoch % every and epoch < self.epochs:
+            return
         if tr.valid_loader is not None:
             metrics = tr.eval_and_record("valid", tr.valid_loader)
             value = metrics.get(self.monitor, -math.inf)
