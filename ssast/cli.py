@@ -141,15 +141,29 @@ def cmd_stats(args) -> int:
 
 def cmd_import(args) -> int:
     from ssast.config import DATASET_STATS, ConfigError
-    from ssast.models.factory import import_authors_checkpoint
 
     if (args.norm_mean is None) != (args.norm_std is None):
         raise ConfigError("--norm-mean and --norm-std go together: give both, or neither (then --stats)")
-    norm = (args.norm_mean, args.norm_std) if args.norm_mean is not None else DATASET_STATS[args.stats]
-    meta = import_authors_checkpoint(args.source, args.out, pooling=args.pooling, input_tdim=args.input_tdim,
-                                     fstride=args.fstride, tstride=args.tstride, norm=norm)
+    norm = (args.norm_mean, args.norm_std) if args.norm_mean is not None else DATASET_STATS.get(args.stats)
+    if Path(args.source).is_dir():  # a transformers AST folder: its config.json says what the options would
+        from ssast.export import import_hf
+
+        given = [flag for flag, value in (("--pooling", args.pooling if args.pooling != "cls" else None),
+                                          ("--input-tdim", args.input_tdim), ("--fstride", args.fstride),
+                                          ("--tstride", args.tstride)) if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: {args.source} is a transformers AST folder, whose config.json "
+                              "sets the model (cls pooling, strides, input length); drop them")
+        meta = import_hf(args.source, args.out, norm=norm)
+    else:
+        from ssast.models.factory import import_authors_checkpoint
+
+        meta = import_authors_checkpoint(args.source, args.out, pooling=args.pooling or "mean",
+                                         input_tdim=args.input_tdim, fstride=args.fstride, tstride=args.tstride,
+                                         norm=norm or DATASET_STATS["audioset"])
     m = meta.model
-    print(f"converted {args.source} -> {args.out}: {meta.kind}, dim {m.dim}, depth {m.depth}, "
+    classes = f", {meta.num_classes} classes" if meta.kind == "classifier" else ""
+    print(f"converted {args.source} -> {args.out}: {meta.kind}{classes}, dim {m.dim}, depth {m.depth}, "
           f"patch {m.fshape}x{m.tshape} stride {m.fstride}x{m.tstride}, {m.input_tdim} frames, "
           f"normalisation mean {meta.audio.norm_mean:.7g} std {meta.audio.norm_std:.7g}")
     return 0
@@ -231,16 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser("import-checkpoint", help="convert the authors' released .pth to our format")
-    p.add_argument("source")
+    p = sub.add_parser("import-checkpoint",
+                       help="convert the authors' released .pth or a transformers AST folder to our format")
+    p.add_argument("source", help="an authors' .pth, or a folder of transformers' ASTForAudioClassification")
     p.add_argument("out")
-    p.add_argument("--pooling", choices=["mean", "cls"], default="mean",
-                   help="fine-tuned checkpoints: mean for SSAST fine-tuning, cls for AST (e.g. audioset_10_10_0.4593.pth)")
+    p.add_argument("--pooling", choices=["mean", "cls"],
+                   help="authors' fine-tuned checkpoints: mean (default) for SSAST fine-tuning, cls for AST "
+                        "(e.g. audioset_10_10_0.4593.pth); a transformers AST is always cls")
     p.add_argument("--input-tdim", type=int, help="fine-tuned checkpoints: input frames (default: inferred)")
     p.add_argument("--fstride", type=int)
     p.add_argument("--tstride", type=int)
-    p.add_argument("--stats", choices=["audioset", "esc50", "speechcommands"], default="audioset",
-                   help="normalisation statistics stored with the model (default: audioset, as the authors pretrained)")
+    p.add_argument("--stats", choices=["audioset", "esc50", "speechcommands"],
+                   help="normalisation statistics stored with the model (default: audioset, as the authors pretrained; "
+                        "a transformers folder's preprocessor_config.json has its own)")
     p.add_argument("--norm-mean", type=float, help="own statistics instead of --stats (with --norm-std)")
     p.add_argument("--norm-std", type=float)
     p.set_defaults(func=cmd_import)

@@ -57,6 +57,9 @@ class ModelConfig:
     input_fdim: int = 128
     input_tdim: int = 1024
     num_prefix: int = 2  # prefix (cls/dist) tokens: 1 or 2
+    # LayerNorm eps of the encoder (blocks and final norm): DeiT's 1e-6, as the authors; a model imported from
+    # transformers keeps its layer_norm_eps (1e-12 in the published ASTs), so it computes what transformers computes
+    norm_eps: float = 1e-6
     drop_path: float = 0.0
     grad_checkpointing: bool = False
     # pretraining: masking and objectives
@@ -463,6 +466,9 @@ def validate(cfg: Config) -> None:
                           ["model.size", "model.dim", "model.heads"])
     if m.num_prefix not in (1, 2):
         raise ConfigError(f"model.num_prefix must be 1 or 2, got {m.num_prefix}", ["model.num_prefix"])
+    if not 0 < m.norm_eps < 1:
+        raise ConfigError(f"model.norm_eps must be a small positive number (default 1e-6), got {m.norm_eps}",
+                          ["model.norm_eps"])
     if m.fshape > m.input_fdim or m.tshape > m.input_tdim:
         raise ConfigError(
             f"model.fshape/tshape ({m.fshape}x{m.tshape}) larger than the input "

@@ -7,8 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ssast.config import ConfigError
+from ssast.export.hf import export_hf, import_hf
 
 FORMATS = ("hf", "onnx")
+
+__all__ = ["FORMATS", "export_checkpoint", "export_hf", "import_hf", "require_extra"]
 
 
 def require_extra(module: str, extra: str) -> None:
@@ -22,9 +25,6 @@ def require_extra(module: str, extra: str) -> None:
 def export_checkpoint(ckpt: str, out: str, fmt: str, **options) -> Path:
     """Write checkpoint folder ``ckpt`` to ``out`` in format ``fmt`` ("hf": a transformers folder; "onnx": a .onnx file)."""
     if fmt == "hf":
-        require_extra("transformers", "hf")
-        from ssast.export.hf import export_hf
-
         return export_hf(ckpt, out, **options)
     if fmt == "onnx":
         for module in ("onnx", "onnxscript"):
@@ -33,3 +33,4 @@ def export_checkpoint(ckpt: str, out: str, fmt: str, **options) -> Path:
 
         return export_onnx(ckpt, out, **options)
     raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+

@@ -36,7 +36,7 @@ def _heads_for(dim: int) -> int:
     return {192: 3, 384: 6, 768: 12}.get(dim, max(1, dim // 64))
 
 
-def _size_fields(dim: int, depth: int, heads: int) -> dict:
+def size_fields(dim: int, depth: int, heads: int) -> dict:
     """ModelConfig size fields: a named size when the numbers are one, else size=custom with explicit numbers."""
     for name, (d, l, h) in MODEL_SIZES.items():
         if (d, l, h) == (dim, depth, heads):
@@ -108,7 +108,7 @@ def convert_authors_checkpoint(
     num_prefix = 2 if "v.dist_token" in sd else 1
     n_tokens = int(sd["v.pos_embed"].shape[1]) - num_prefix
     fdim = max(AUTHORS_INPUT_FDIM, fshape)
-    base = dict(_size_fields(dim, depth, heads), fshape=fshape, tshape=tshape, num_prefix=num_prefix)
+    base = dict(size_fields(dim, depth, heads), fshape=fshape, tshape=tshape, num_prefix=num_prefix)
 
     if is_pretrain:
         if "p_input_fdim" in sd and "p_input_tdim" in sd:

@@ -142,7 +142,10 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
     try:
         doc = json.loads(f.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{f}: missing; {d} is not an ssast checkpoint") from None
+        from ssast.models.hf_ast import is_hf_folder
+
+        hint = f" but a transformers AST folder: ssast import-checkpoint {d} OUT converts it" if is_hf_folder(d) else ""
+        raise CheckpointError(f"{f}: missing; {d} is not an ssast checkpoint{hint}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{f}: not valid JSON ({e}); the checkpoint is damaged") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:

@@ -50,11 +50,11 @@ def select_positions(
 
 
 def make_blocks(
-    dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0
+    dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, norm_eps: float = 1e-6
 ) -> nn.ModuleList:
-    """``depth`` pre-norm timm blocks (qkv bias, GELU, LayerNorm eps 1e-6), stochastic depth rising to drop_path."""
+    """``depth`` pre-norm timm blocks (qkv bias, GELU, LayerNorm eps norm_eps), stochastic depth rising to drop_path."""
     dpr = torch.linspace(0, drop_path, depth).tolist() if depth > 0 else []
-    norm = partial(nn.LayerNorm, eps=1e-6)
+    norm = partial(nn.LayerNorm, eps=norm_eps)
     return nn.ModuleList(
         Block(dim, heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i], norm_layer=norm) for i in range(depth)
     )
@@ -78,6 +78,7 @@ class ViTEncoder(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
         grad_checkpointing: bool = False,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -92,8 +93,8 @@ class ViTEncoder(nn.Module):
         self.num_patches = self.grid[0] * self.grid[1]
         self.prefix_tokens = nn.Parameter(torch.zeros(1, num_prefix, dim))  # index 0 = cls, 1 = dist
         self.pos_embed = nn.Parameter(torch.zeros(1, num_prefix + self.num_patches, dim))
-        self.blocks = make_blocks(dim, depth, heads, mlp_ratio, drop_path)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.blocks = make_blocks(dim, depth, heads, mlp_ratio, drop_path, norm_eps)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.prefix_tokens, std=0.02)
         self.apply(init_vit_weights)
@@ -177,5 +178,5 @@ class ViTEncoder(nn.Module):
 def build_encoder(cfg: ModelConfig) -> ViTEncoder:
     """The encoder a model config describes (the config's fields of the same names)."""
     fields = ("dim", "depth", "heads", "fshape", "tshape", "fstride", "tstride", "input_fdim", "input_tdim",
-              "num_prefix", "mlp_ratio", "drop_path", "grad_checkpointing")
+              "num_prefix", "mlp_ratio", "drop_path", "grad_checkpointing", "norm_eps")
     return ViTEncoder(**{f: getattr(cfg, f) for f in fields})

@@ -1,9 +1,9 @@
 """Models from an ``init`` string or a checkpoint: the one place that knows every source of weights.
 
 :func:`build_classifier` initialises a classifier for fine-tuning from "scratch", our checkpoint folder, an authors'
-``.pth`` or ImageNet DeiT weights; :func:`load_pretrained` rebuilds the exact model of our checkpoint;
-:func:`import_authors_checkpoint` converts an authors' file into our format. Reading and writing our format is
-``checkpoint.py``'s; converting the authors' tensors is ``authors.py``'s.
+``.pth``, a transformers AST folder or ImageNet DeiT weights; :func:`load_pretrained` rebuilds the exact model of our
+checkpoint; :func:`import_authors_checkpoint` converts an authors' file into our format. Reading and writing our
+format is ``checkpoint.py``'s; converting the authors' tensors is ``authors.py``'s, transformers' ``hf_ast.py``'s.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from ssast.models.checkpoint import (
     save_checkpoint,
 )
 from ssast.models.classifier import SSASTClassifier, load_encoder_into, load_state_strict
+from ssast.models.hf_ast import is_hf_folder, load_hf_folder
 from ssast.models.imagenet import deit_name_for, deit_to_encoder_state, unwrap_state
 from ssast.models.posembed import WeightMismatchError
 from ssast.models.weightfiles import CheckpointError, load_torch_file
@@ -114,6 +115,15 @@ def _init_from_authors(model: SSASTClassifier, f: Path) -> str:
     return f"encoder from the authors' {kind} checkpoint {f} ({notes}); dropped: {dropped}"
 
 
+def _init_from_hf(model: SSASTClassifier, d: Path) -> str:
+    """Load the encoder of a transformers AST folder (ASTForAudioClassification or ASTModel) into ``model``."""
+    _, _, src_cfg, state, _ = load_hf_folder(d)
+    notes, dropped = _load_encoder_part(model, state, src_cfg, d)
+    if src_cfg.norm_eps != model.cfg.norm_eps:
+        notes += f", LayerNorm eps {src_cfg.norm_eps:g} -> {model.cfg.norm_eps:g} (model.norm_eps)"
+    return f"encoder from the transformers AST {d} ({notes}); dropped: {dropped}"
+
+
 def _init_from_imagenet(model: SSASTClassifier, cfg: ModelConfig, spec: str) -> str:
     """DeiT initialisation from a local weights file or (with network) timm's hub."""
     if spec == "timm" or spec.startswith("timm:"):
@@ -140,6 +150,7 @@ def build_classifier(cfg: ModelConfig, num_classes: int, init: Optional[str] = N
     """A classifier for fine-tuning, initialised from ``init`` (default ``cfg.init``); returns (model, what was done).
 
     ``init``: "" or "scratch" (random), a checkpoint directory of ours (pretraining or classifier: encoder only),
+    a transformers AST folder (``save_pretrained`` of ASTForAudioClassification or ASTModel: encoder only),
     an authors' ``.pth``/``.pt`` file, "imagenet:FILE" (a timm DeiT state dict) or "imagenet:timm[:NAME]" (needs a hub).
     """
     init = cfg.init if init is None else init
@@ -149,20 +160,22 @@ def build_classifier(cfg: ModelConfig, num_classes: int, init: Optional[str] = N
     if init.startswith("imagenet:"):
         return model, _init_from_imagenet(model, cfg, init[len("imagenet:") :])
     p = Path(init)
+    if p.is_dir() and is_hf_folder(p):
+        return model, _init_from_hf(model, p)
     if p.is_dir() or p.name in (META, WEIGHTS):
         return model, _init_from_ours(model, checkpoint_dir(p))
     if p.is_file() and p.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         return model, _init_from_authors(model, p)
     if p.is_file():
         raise CheckpointError(
-            f"model.init={init}: unknown file type; give a checkpoint directory, an authors' .pth, "
-            f"or imagenet:FILE for DeiT weights"
+            f"model.init={init}: unknown file type; give a checkpoint directory, a transformers AST folder, "
+            f"an authors' .pth, or imagenet:FILE for DeiT weights"
         )
     if aside_copies(p):
         return model, _init_from_ours(model, checkpoint_dir(p))
     raise CheckpointError(
-        f"model.init={init}: not found; give a checkpoint directory, an authors' .pth file, imagenet:FILE, "
-        f"imagenet:timm or scratch"
+        f"model.init={init}: not found; give a checkpoint directory, a transformers AST folder, an authors' .pth "
+        f"file, imagenet:FILE, imagenet:timm or scratch"
     )
 
 
