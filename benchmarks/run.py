@@ -6,7 +6,7 @@
 
 Rows: pretrain-authors (two passes, two masks, fp32: the authors' behaviour), pretrain-onepass (one pass, one mask),
 pretrain-visible (encoder on visible tokens + 2-block decoder), finetune-step and inference (classifier, 16x16 stride
-10), fbank (batched Kaldi fbank of 10 s clips) and loop (the full Trainer pretraining loop on synthetic WebDataset
+10), inference-onnx (the same classifier exported to ONNX, run by ONNX Runtime on the CPU, fp32), fbank (batched Kaldi fbank of 10 s clips) and loop (the full Trainer pretraining loop on synthetic WebDataset
 shards, against the bare step rate at the same settings). A step is forward + backward + fused Adam step on a fixed
 random batch. Every row runs in a fresh subprocess so that its peak memory (CUDA max allocated, or the CPU's peak
 resident set size) is its own. See benchmarks/README.md for the results table and the exact command lines.
@@ -42,6 +42,7 @@ ROWS = (
     "pretrain-visible",
     "finetune-step",
     "inference",
+    "inference-onnx",
     "fbank",
     "loop",
 )
@@ -249,6 +250,64 @@ def inference_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype
     return step, {"num_tokens": model.encoder.num_patches, "params_m": _params_m(model)}
 
 
+def export_row_model(spec: Spec, path: str) -> None:
+    """Export the inference row's classifier (seed 0, as the row builds it) to ``path`` through ``ssast export``'s
+    code path: a checkpoint in a temp folder, then export_checkpoint."""
+    from ssast.config import AudioConfig
+    from ssast.export import export_checkpoint
+    from ssast.models.checkpoint import CheckpointMeta, save_checkpoint
+
+    torch.manual_seed(0)
+    model = classifier(spec, torch.device("cpu"))
+    with tempfile.TemporaryDirectory(prefix="ssast-bench-") as tmp:
+        meta = CheckpointMeta(kind="classifier", model=model.cfg, audio=AudioConfig(target_length=spec.tdim))
+        save_checkpoint(Path(tmp) / "ckpt", model, meta)
+        export_checkpoint(str(Path(tmp) / "ckpt"), path, "onnx")
+
+
+def onnx_inference_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype]):
+    """(step function, info) for the inference row's model in ONNX Runtime (CPU provider, fp32, torch's thread count).
+
+    The export runs in a child process, so this row's peak memory is ONNX Runtime's, not the exporter's.
+    """
+    if device.type != "cpu":
+        raise BenchmarkError("inference-onnx runs on ONNX Runtime's CPU provider: use --device cpu")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BenchmarkError("inference-onnx needs onnxruntime: pip install -e \".[onnx]\"") from None
+    from ssast.export.onnx import INPUT
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the torch rows' threads: a like-for-like comparison
+    options.inter_op_num_threads = 1
+    with tempfile.TemporaryDirectory(prefix="ssast-bench-onnx-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        start = time.perf_counter()
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--export-onnx", json.dumps(asdict(spec)), path]
+        subprocess.run(cmd, check=True, cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})
+        export_s = time.perf_counter() - start
+        size_mb = os.path.getsize(path) / 2**20
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    x = random_fbank(spec, torch.device("cpu")).numpy()
+    cfg = model_config(spec, finetune=True)
+    tokens = grid_tokens(cfg)
+
+    def step() -> None:
+        session.run(None, {INPUT: x})
+
+    return step, {"num_tokens": tokens, "runtime": f"onnxruntime {ort.__version__}", "export_s": round(export_s, 1),
+                  "onnx_mb": round(size_mb, 1)}
+
+
+def grid_tokens(cfg) -> int:
+    """Tokens of a model config's grid."""
+    from ssast.models.tokenizer import grid_shape
+
+    f, t = grid_shape(cfg.input_fdim, cfg.input_tdim, cfg.fshape, cfg.tshape, cfg.fstride, cfg.tstride)
+    return f * t
+
+
 def fbank_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype]):
     """(step function, info) for the batched Kaldi fbank of ``fbank_batch`` 10 s clips (always float32)."""
     from ssast.audio.fbank import kaldi_fbank
@@ -269,6 +328,7 @@ STEP_BUILDERS = {
     "pretrain-visible": pretrain_step,
     "finetune-step": finetune_step,
     "inference": inference_step,
+    "inference-onnx": onnx_inference_step,
     "fbank": fbank_step,
 }
 
@@ -423,7 +483,7 @@ def run_spec(spec: Spec) -> dict:
         "tdim": spec.tdim,
         "precision": precision,
         "requested_precision": spec.precision,
-        "compile": spec.compile and spec.row not in ("fbank",),
+        "compile": spec.compile and spec.row not in ("fbank", "inference-onnx"),
         "device": device.type,
         "device_name": device_name(device),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
@@ -439,6 +499,7 @@ def run_spec(spec: Spec) -> dict:
         "base_rss_mb": base_rss if device.type == "cpu" else None,
         "ratio_to_authors": None,
         "ratio_to_bare": None,
+        "ratio_to_torch": None,
         "ratio_to_published": None,
         "note": note,
         **m.extra,
@@ -497,13 +558,18 @@ def failed_record(spec: Spec, error: str) -> dict:
 
 
 def add_ratios(records: list[dict]) -> None:
-    """Fill ratio_to_authors (pretraining rows vs (a) of the same tokens in this run) and ratio_to_published."""
+    """Fill ratio_to_authors (pretraining rows vs (a) of the same tokens in this run), ratio_to_torch (ONNX Runtime
+    vs the torch fp32 inference row of this run) and ratio_to_published."""
     authors = {r["tokens"]: r["clips_per_s"] for r in records if r["name"] == "pretrain-authors" and r["clips_per_s"]}
+    torch_fp32 = next((r["clips_per_s"] for r in records
+                       if r["name"] == "inference" and r.get("precision") == "fp32" and r.get("clips_per_s")), None)
     for r in records:
         if not r.get("clips_per_s"):
             continue
         if r["name"] in PRETRAIN_ROWS and r["tokens"] in authors:
             r["ratio_to_authors"] = r["clips_per_s"] / authors[r["tokens"]]
+        if r["name"] == "inference-onnx" and torch_fp32:
+            r["ratio_to_torch"] = r["clips_per_s"] / torch_fp32
         # The issue's H100 figures only compare at their own settings: Base, batch 24, 1024 frames, on a GPU.
         key = ("pretrain" if r["name"] in PRETRAIN_ROWS else r["name"], r["tokens"])
         if (r["device"] == "cuda" and key in PUBLISHED_H100 and r.get("size") == "base" and r["batch"] == 24
@@ -536,6 +602,8 @@ def markdown_table(records: list[dict]) -> str:
                 ratio = f"{r['ratio_to_bare']:.2f} of bare ({r['bare_clips_per_s']:.1f}/s)"
             elif r.get("ratio_to_authors") is not None:
                 ratio = f"{r['ratio_to_authors']:.2f}x (a)"
+            elif r.get("ratio_to_torch") is not None:
+                ratio = f"{r['ratio_to_torch']:.2f}x torch fp32"
             if r.get("ratio_to_published") is not None:
                 ratio += f"; {r['ratio_to_published']:.1f}x authors' H100"
             cells = [name, _fmt(r.get("tokens")), size, str(r["batch"]), tdim, r["precision"],
@@ -607,12 +675,22 @@ def plan(args: argparse.Namespace) -> list[Spec]:
         if row == "fbank":
             specs.append(replace(base, row=row, tokens="patch", precision="fp32"))
             continue
+        if row == "inference-onnx" and row not in (args.rows or []) and not onnx_row_available(device):
+            continue  # not asked for by name: left out where it cannot run (a GPU run, or no onnxruntime)
         row_tokens = tokens if row in PRETRAIN_ROWS or row == "loop" else ["patch"]
-        row_precisions = ["fp32"] if row == "pretrain-authors" else precisions
+        row_precisions = ["fp32"] if row in ("pretrain-authors", "inference-onnx") else precisions
         for t in row_tokens:
             for p in row_precisions:
                 specs.append(replace(base, row=row, tokens=t, precision=p))
     return specs
+
+
+def onnx_row_available(device: torch.device) -> bool:
+    """Whether the inference-onnx row can run: a CPU run with onnxruntime, onnx and onnxscript installed."""
+    import importlib.util
+
+    modules = ("onnxruntime", "onnx", "onnxscript")
+    return device.type == "cpu" and all(importlib.util.find_spec(m) is not None for m in modules)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -646,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per row before it is marked failed")
     p.add_argument("--profile", metavar="ROW", help="profile a few steps of ROW (first tokens and precision) instead")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--export-onnx", nargs=2, metavar=("SPEC", "PATH"), help=argparse.SUPPRESS)
     return p
 
 
@@ -687,6 +766,9 @@ def profile(spec: Spec, top: int = 15) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.export_onnx:  # the inference-onnx row's export, in its own process
+        export_row_model(Spec(**json.loads(args.export_onnx[0])), args.export_onnx[1])
+        return 0
     if args.child:  # one row in this (fresh) process; the parent reads the marked line
         record = run_spec(Spec(**json.loads(args.child)))
         print(RESULT_MARK + json.dumps(record), flush=True)

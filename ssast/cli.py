@@ -89,16 +89,24 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ssast.inference import predict_files
+    from ssast.inference import check_timeline_path, predict_files, write_timeline
 
-    results = predict_files(args.checkpoint, args.files, top_k=args.top_k, device=args.device)
+    if args.timeline:
+        check_timeline_path(args.timeline)
+    results = predict_files(args.checkpoint, args.files, top_k=args.top_k, device=args.device, window=args.window,
+                            hop=args.hop, aggregate=args.aggregate)
+    if args.timeline:
+        write_timeline(results, args.timeline)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
-            print(r["file"])
+            w = r["windows"]
+            print(r["file"] + (f"  ({len(w)} windows, {args.aggregate} over windows)" if len(w) > 1 else ""))
             for i, t in enumerate(r["top"], 1):
                 print(f"  {i}. {t['label']:<32} {t['score']:.4f}")
+    if args.timeline:
+        print(f"timeline of {sum(len(r['windows']) for r in results)} windows: {args.timeline}", file=sys.stderr)
     return 0
 
 
@@ -107,7 +115,8 @@ def cmd_embed(args) -> int:
     from ssast.inference import embed_files
 
     check_output(args.out, folder=True, what="--out")
-    written = embed_files(args.checkpoint, args.files, args.out, tokens=args.tokens, device=args.device)
+    written = embed_files(args.checkpoint, args.files, args.out, tokens=args.tokens, device=args.device,
+                          window=args.window, hop=args.hop, timestamps=args.timestamps)
     print(f"wrote {len(written)} embeddings to {args.out}")
     return 0
 
@@ -222,13 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("checkpoint")
         p.add_argument("files", nargs="+")
         p.add_argument("--device", default="cpu")
+        p.add_argument("--window", type=float, metavar="SECONDS",
+                       help="cut longer files into windows this long (default: the model's length)")
+        p.add_argument("--hop", type=float, metavar="SECONDS", help="start a window every HOP seconds (default: half "
+                       "the window)")
         if name == "predict":
             p.add_argument("--top-k", type=int, default=5)
             p.add_argument("--json", action="store_true", help="JSON instead of a table")
+            p.add_argument("--timeline", metavar="FILE", help="write every window's top-k here (.csv or .json)")
+            p.add_argument("--aggregate", choices=["mean", "max"], default="mean",
+                           help="a long file's scores: mean (default) or max of its windows' probabilities")
             p.set_defaults(func=cmd_predict)
         else:
             p.add_argument("--out", required=True, help="output folder")
             p.add_argument("--tokens", action="store_true", help="token embeddings (N, D) instead of pooled (D,)")
+            p.add_argument("--timestamps", action="store_true", help="every window's embedding with its start and "
+                           "end (one .npz per file) instead of their mean")
             p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("prepare", help="write WebDataset shards from a JSON list or a folder of audio")

@@ -1,10 +1,15 @@
 """Using trained models on audio files: evaluation on a labelled list, top-k prediction and embeddings."""
 from __future__ import annotations
 
+import csv
+import io
+import itertools
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -12,6 +17,7 @@ import torch
 from ssast.config import AudioConfig, AugmentConfig, Config, ConfigError
 
 if TYPE_CHECKING:  # the models are imported only by the commands that use them
+    from ssast.audio.windows import AudioWindow, Windowing
     from ssast.models.checkpoint import CheckpointMeta
 
 
@@ -36,49 +42,120 @@ def load_for_inference(path: str, device: torch.device, need_head: bool):
     return model.to(device).eval(), meta
 
 
-def batches_of_files(files: list[str], audio: AudioConfig, batch_size: int) -> Iterable[dict]:
-    """Decode files (first target_length frames of each) into padded batches; bad files raise AudioError."""
-    from ssast.audio.fbank import max_samples, window_hop
-    from ssast.audio.io import load_audio
+AGGREGATES = ("mean", "max")
+
+
+class WindowOutput(NamedTuple):
+    """What the model gave for one window of one file: its file's index, its place in seconds, the output row."""
+
+    file: int
+    start: float
+    end: float
+    row: torch.Tensor
+
+
+def windowed_outputs(model_fn, files: list[str], audio: AudioConfig, windowing: Windowing, device: torch.device,
+                     batch_size: int) -> Iterator[WindowOutput]:
+    """``model_fn``'s output (on the CPU) for every window of every file, in order.
+
+    Windows of all files share batches of ``batch_size``; a file is decoded as a stream, so memory holds one batch of
+    windows, never a whole long recording. Bad files raise AudioError.
+    """
+    from ssast.audio.features import FeatureExtractor
+    from ssast.audio.windows import iter_windows
     from ssast.data.dataset import collate
 
-    for i in range(0, len(files), batch_size):
-        items = []
-        for f in files[i : i + batch_size]:
-            window = max_samples(audio.target_length, *window_hop(audio.sample_rate))
-            wave = load_audio(f, sample_rate=audio.sample_rate, max_samples=window, crop="start")
-            items.append({"wave": wave, "labels": None, "key": str(f)})
-        yield collate(items)
-
-
-@torch.no_grad()
-def run_files(model, files: list[str], audio: AudioConfig, device: torch.device, batch_size: int, fn) -> list:
-    from ssast.audio.features import FeatureExtractor
-
     features = FeatureExtractor(audio, AugmentConfig()).to(device)
-    outputs = []
-    for batch in batches_of_files(files, audio, batch_size):
-        feats = features(batch["wave"].to(device), batch["num_frames"].to(device), train=False)
-        outputs.append(fn(feats))
-    return outputs
+
+    def run(pending: list[tuple[int, AudioWindow]]):
+        batch = collate([{"wave": w.wave, "labels": None, "key": str(i)} for i, w in pending], audio.sample_rate)
+        with torch.no_grad():
+            feats = features(batch["wave"].to(device), batch["num_frames"].to(device), train=False)
+            out = model_fn(feats).float().cpu()
+        for (i, w), row in zip(pending, out):
+            yield WindowOutput(i, w.start, w.end, row)
+
+    pending: list[tuple[int, AudioWindow]] = []
+    for i, f in enumerate(files):
+        for w in iter_windows(f, audio, windowing):
+            pending.append((i, w))
+            if len(pending) == batch_size:
+                yield from run(pending)
+                pending = []
+    if pending:
+        yield from run(pending)
 
 
-def predict_files(ckpt: str, files: list[str], top_k: int = 5, device: str = "cpu", batch_size: int = 8) -> list[dict]:
-    """Top-k labels with scores per file (softmax for single-label models, sigmoid for multi-label)."""
+def per_file(files: list[str], outputs: Iterator[WindowOutput]) -> Iterator[tuple[str, list[WindowOutput]]]:
+    """Group ``windowed_outputs`` by file: (file, its windows' outputs) for each file in turn."""
+    for i, group in itertools.groupby(outputs, key=lambda out: out.file):
+        yield files[i], list(group)
+
+
+def _top(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:
+    scores, idx = probs.topk(min(k, probs.shape[-1]))
+    return [{"label": names[j], "score": float(s)} for s, j in zip(scores.tolist(), idx.tolist())]
+
+
+def predict_files(ckpt: str, files: list[str], top_k: int = 5, device: str = "cpu", batch_size: int = 8,
+                  window: float | None = None, hop: float | None = None, aggregate: str = "mean") -> list[dict]:
+    """Top-k labels with scores per file (softmax for single-label models, sigmoid for multi-label).
+
+    A file longer than ``window`` seconds (default: the model's length) is cut into windows every ``hop`` seconds
+    (default: half the window); its ``top`` is the mean (or max, ``aggregate``) of the windows' probabilities, and
+    ``windows`` lists every window's start, end (seconds) and top-k. A shorter file is one window, scored as a clip.
+    """
+    from ssast.audio.windows import resolve_windowing
+
+    if aggregate not in AGGREGATES:
+        raise ConfigError(f"--aggregate {aggregate!r}: give one of {', '.join(AGGREGATES)}")
     dev = torch.device(device)
     model, meta = load_for_inference(ckpt, dev, need_head=True)
     audio = audio_config_of(meta)
-    multilabel = meta.multilabel
+    windowing = resolve_windowing(audio, window, hop)
     names = meta.labels or [str(i) for i in range(meta.num_classes)]
-    outs = run_files(model, files, audio, dev, batch_size, lambda x: model(x).float())
-    logits = torch.cat(outs)
-    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)
-    k = min(top_k, probs.shape[1])
-    scores, idx = probs.topk(k, dim=-1)
-    return [
-        {"file": f, "top": [{"label": names[j], "score": float(s)} for s, j in zip(sc.tolist(), ix.tolist())]}
-        for f, sc, ix in zip(files, scores, idx)
-    ]
+    score = torch.sigmoid if meta.multilabel else (lambda x: torch.softmax(x, -1))
+    results = []
+    for f, rows in per_file(files, windowed_outputs(model, files, audio, windowing, dev, batch_size)):
+        probs = score(torch.stack([w.row for w in rows]))
+        clip = probs.mean(0) if aggregate == "mean" else probs.amax(0)
+        windows = [{"start": w.start, "end": w.end, "top": _top(p, names, top_k)} for w, p in zip(rows, probs)]
+        results.append({"file": f, "top": _top(clip, names, top_k), "windows": windows})
+    return results
+
+
+TIMELINE_FORMATS = (".csv", ".json")
+
+
+def check_timeline_path(path: str | Path) -> Path:
+    """The timeline file's path, checked before any work: a .csv or .json file that can be written."""
+    from ssast.atomic import check_output
+
+    p = Path(path)
+    if p.suffix.lower() not in TIMELINE_FORMATS:
+        raise ConfigError(f"--timeline {p}: name a .csv or .json file (the suffix picks the format)")
+    return check_output(p, folder=False, what="--timeline")
+
+
+def write_timeline(results: list[dict], path: str | Path) -> Path:
+    """Every window of every file as a .csv (file, start, end, label_1, score_1, ...) or .json list, atomically."""
+    from ssast.atomic import atomic_write_text
+
+    p = check_timeline_path(path)
+    rows = [{"file": r["file"], **w} for r in results for w in r["windows"]]
+    if p.suffix.lower() == ".json":
+        atomic_write_text(p, json.dumps(rows, indent=2) + "\n")
+        return p
+    k = max((len(row["top"]) for row in rows), default=0)
+    head = ["file", "start", "end"] + [f"{col}_{i}" for i in range(1, k + 1) for col in ("label", "score")]
+    text = io.StringIO()
+    out = csv.writer(text, lineterminator="\n")
+    out.writerow(head)
+    for row in rows:
+        tops = [v for t in row["top"] for v in (t["label"], f"{t['score']:.6f}")]
+        out.writerow([row["file"], f"{row['start']:.3f}", f"{row['end']:.3f}", *tops])
+    atomic_write_text(p, text.getvalue())
+    return p
 
 
 def _embedding(model, x: torch.Tensor, tokens: bool) -> torch.Tensor:
@@ -88,19 +165,33 @@ def _embedding(model, x: torch.Tensor, tokens: bool) -> torch.Tensor:
 
 
 def embed_files(ckpt: str, files: list[str], out_dir: str, tokens: bool = False, device: str = "cpu",
-                batch_size: int = 8) -> list[Path]:
-    """Clip embeddings (pooled, (D,)) or token embeddings ((N, D)) per file, saved as .npy under out_dir."""
+                batch_size: int = 8, window: float | None = None, hop: float | None = None,
+                timestamps: bool = False) -> list[Path]:
+    """Clip embeddings (pooled, (D,)) or token embeddings ((N, D)) per file, saved as .npy under out_dir.
+
+    A file longer than ``window`` seconds is cut into windows as in :func:`predict_files`; its .npy holds the mean of
+    its windows' embeddings. With ``timestamps`` every window is kept instead: one .npz per file with ``embeddings``
+    (W, D) or (W, N, D) and the windows' ``starts`` and ``ends`` in seconds.
+    """
+    from ssast.audio.windows import resolve_windowing
+
     dev = torch.device(device)
     model, meta = load_for_inference(ckpt, dev, need_head=False)
     audio = audio_config_of(meta)
-    outs = run_files(model, files, audio, dev, batch_size, lambda x: _embedding(model, x, tokens).float())
+    windowing = resolve_windowing(audio, window, hop)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    emb = torch.cat(outs).cpu().numpy()
-    for i, (f, e) in enumerate(zip(files, emb)):
-        p = out / f"{i:05d}_{Path(f).stem}.npy"
-        np.save(p, e)
+    outputs = windowed_outputs(partial(_embedding, model, tokens=tokens), files, audio, windowing, dev, batch_size)
+    for i, (f, rows) in enumerate(per_file(files, outputs)):
+        emb = torch.stack([w.row for w in rows]).numpy()
+        stem = f"{i:05d}_{Path(f).stem}"  # the index keeps files of the same name apart
+        if timestamps:
+            p = out / f"{stem}.npz"
+            np.savez(p, embeddings=emb, starts=np.array([w.start for w in rows]), ends=np.array([w.end for w in rows]))
+        else:
+            p = out / f"{stem}.npy"
+            np.save(p, emb.mean(0))
         written.append(p)
     return written
 

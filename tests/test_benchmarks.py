@@ -24,7 +24,8 @@ def _load_run():
 
 bench = _load_run()
 
-QUICK_ROWS = ["pretrain-authors", "pretrain-onepass", "pretrain-visible", "finetune-step", "inference", "fbank", "loop"]
+QUICK_ROWS = ["pretrain-authors", "pretrain-onepass", "pretrain-visible", "finetune-step", "inference", "inference-onnx",
+              "fbank", "loop"]
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,10 @@ def test_quick_run_ratios_and_shapes(quick_records):
     assert loop["bare_clips_per_s"] > 0
     assert loop["ratio_to_bare"] == pytest.approx(loop["clips_per_s"] / loop["bare_clips_per_s"])
     assert loop["loop_steps_timed"] == 24 - 3
+    onnx = by_name["inference-onnx"]  # the inference row's model in ONNX Runtime, beside torch fp32
+    assert onnx["runtime"].startswith("onnxruntime ") and onnx["precision"] == "fp32" and onnx["batch"] == 2
+    assert onnx["num_tokens"] == by_name["inference"]["num_tokens"] and onnx["onnx_mb"] > 0
+    assert onnx["ratio_to_torch"] == pytest.approx(onnx["clips_per_s"] / by_name["inference"]["clips_per_s"])
 
 
 def test_plan_defaults_and_quick():
@@ -91,6 +96,14 @@ def test_plan_defaults_and_quick():
     assert [k for k in keys if k[0] == "fbank"] == [("fbank", "patch", "fp32")]
     assert ("pretrain-onepass", "frame", "bf16") in keys and ("pretrain-visible", "patch", "bf16") in keys
     assert {k[1] for k in keys if k[0] in ("finetune-step", "inference")} == {"patch"}
+    if bench.onnx_row_available(bench.torch.device("cpu")):  # ONNX Runtime runs fp32 only
+        assert [k for k in keys if k[0] == "inference-onnx"] == [("inference-onnx", "patch", "fp32")]
+    named = bench.plan(bench.build_parser().parse_args(["inference-onnx", "inference", "--device", "cpu",
+                                                         "--precision", "fp32", "bf16"]))
+    assert [(s.row, s.precision) for s in named] == [("inference", "fp32"), ("inference", "bf16"),
+                                                     ("inference-onnx", "fp32")]
+    gpu = bench.plan(bench.build_parser().parse_args(["--quick", "--device", "cuda"]))
+    assert "inference-onnx" not in {s.row for s in gpu}  # left out of a GPU run unless named
     assert [s.row for s in specs] == sorted((s.row for s in specs), key=bench.ROWS.index)  # table order
     s = specs[0]
     assert (s.size, s.tdim, s.batch, s.repeats, s.warmup) == ("tiny", 128, 2, 2, 1)
@@ -127,6 +140,8 @@ def test_ratios_and_table_from_records():
         {"name": "pretrain-onepass", "tokens": "frame", "clips_per_s": 580.0, **common},
         {"name": "inference", "tokens": "patch", "clips_per_s": 1410.0, **common},
         {"name": "finetune-step", "tokens": "patch", "clips_per_s": None, **common, "error": "boom"},
+        {"name": "inference", "tokens": "patch", "clips_per_s": 2.0, **common, "precision": "fp32"},
+        {"name": "inference-onnx", "tokens": "patch", "clips_per_s": 3.0, **common, "precision": "fp32"},
     ]
     bench.add_ratios(records)
     assert records[1]["ratio_to_authors"] == pytest.approx(10.0)
@@ -136,6 +151,7 @@ def test_ratios_and_table_from_records():
     table = bench.markdown_table(records)
     assert table.count("\n") == len(records) + 1
     assert "10.00x (a)" in table and "failed: boom" in table
+    assert records[6]["ratio_to_torch"] == pytest.approx(1.5) and "1.50x torch fp32" in table
 
 
 def test_profile_prints_the_top_ops():

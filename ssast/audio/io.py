@@ -44,7 +44,7 @@ def _rebuild_audio_error(msg: str, kind: str, path: str) -> AudioError:
     return AudioError(msg, kind=kind, path=path)
 
 
-def _fail(name: str, kind: str, problem: str) -> AudioError:
+def audio_error(name: str, kind: str, problem: str) -> AudioError:
     """Build an AudioError whose text starts with the kind, then names the clip and the fix."""
     return AudioError(f"{kind}: {name}: {problem}", kind=kind, path=name)
 
@@ -57,21 +57,21 @@ def _source_name(source: AudioSource, name: str | None) -> str:
     return getattr(source, "name", None) or "<in-memory audio>"
 
 
-def _open(source: AudioSource, name: str) -> sf.SoundFile:
+def open_audio(source: AudioSource, name: str) -> sf.SoundFile:
     """Open a SoundFile, turning every failure into an AudioError that names the clip."""
     if isinstance(source, (str, Path)):
         if not os.path.exists(source):
-            raise _fail(name, "missing", "file not found; check the path in your list or folder")
+            raise audio_error(name, "missing", "file not found; check the path in your list or folder")
         if os.path.isfile(source) and os.path.getsize(source) == 0:
-            raise _fail(name, "empty", "the file is 0 bytes; re-export or remove it")
+            raise audio_error(name, "empty", "the file is 0 bytes; re-export or remove it")
     elif isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
-            raise _fail(name, "empty", "no audio bytes; re-encode or remove the clip")
+            raise audio_error(name, "empty", "no audio bytes; re-encode or remove the clip")
         source = io.BytesIO(bytes(source))
     try:
         return sf.SoundFile(source)
     except Exception as e:  # libsndfile raises LibsndfileError/RuntimeError/TypeError for bad data
-        raise _fail(
+        raise audio_error(
             name, "corrupt", f"cannot decode audio ({e}); the file is damaged or not wav/flac/ogg/mp3"
         ) from None
 
@@ -79,7 +79,7 @@ def _open(source: AudioSource, name: str) -> sf.SoundFile:
 def audio_info(path: str | Path) -> tuple[int, int, int]:
     """(frames, sample rate, channels) from the header only: cheap, for durations and indexes."""
     name = str(path)
-    with _open(path, name) as f:
+    with open_audio(path, name) as f:
         return int(f.frames), int(f.samplerate), int(f.channels)
 
 
@@ -126,11 +126,11 @@ def load_audio(
     silent even when other parts of the file are not.
     """
     name = _source_name(source, name)
-    with _open(source, name) as f:
+    with open_audio(source, name) as f:
         sr = int(f.samplerate)
         total = int(f.frames)
         if total <= 0:
-            raise _fail(name, "empty", "the file contains no samples; re-export or remove it")
+            raise audio_error(name, "empty", "the file contains no samples; re-export or remove it")
         # Window in the file's own rate: enough input samples to give max_samples after resampling.
         need = total if max_samples is None else min(total, math.ceil(max_samples * sr / sample_rate))
         offset = crop_offset(total, need, crop, rng)
@@ -142,22 +142,38 @@ def load_audio(
                 data = f.read(dtype="float32", always_2d=True)
                 data = data[offset : offset + need]
         except Exception as e:
-            raise _fail(name, "corrupt", f"decoding failed part-way ({e}); the file is damaged") from None
+            raise audio_error(name, "corrupt", f"decoding failed part-way ({e}); the file is damaged") from None
     if data.shape[0] == 0:
-        raise _fail(name, "empty", "no samples could be decoded; re-export or remove it")
+        raise audio_error(name, "empty", "no samples could be decoded; re-export or remove it")
+    return to_model_wave(data, sr, sample_rate, max_samples, name)
+
+
+def to_model_wave(data: np.ndarray, sr: int, sample_rate: int, max_samples: int | None, name: str, *,
+                  allow_silent: bool = False) -> np.ndarray:
+    """Decoded (samples, channels) float32 at ``sr`` -> mono at ``sample_rate``, at most ``max_samples``, DC removed.
+
+    The one path from read samples to a clip, shared by whole clips and the windows of long recordings, so that a
+    window is exactly the clip its samples would be on their own. ``allow_silent``: a constant stretch is not an error
+    (silence inside a long recording is normal; a clip that is all silence is not).
+    """
     x = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(x).all():
-        raise _fail(name, "nonfinite", "contains NaN or infinite samples; fix or remove the clip")
-    if x.max() == x.min():
-        raise _fail(name, "silent", "every sample has the same value (digital silence); remove the clip")
+        raise audio_error(name, "nonfinite", "contains NaN or infinite samples; fix or remove the clip")
+    if x.max() == x.min() and not allow_silent:
+        raise audio_error(name, "silent", "every sample has the same value (digital silence); remove the clip")
     if sr != sample_rate:
         x = resample(np.ascontiguousarray(x), sr, sample_rate)
     if max_samples is not None and x.shape[0] > max_samples:
         x = x[:max_samples]
-    min_len = int(round(0.025 * sample_rate))  # one 25 ms analysis window: fewer samples give no fbank frame
+    min_len = min_samples(sample_rate)
     if x.shape[0] < min_len:
-        raise _fail(
+        raise audio_error(
             name, "too_short", f"{x.shape[0]} samples at {sample_rate} Hz is shorter than one 25 ms window ({min_len})"
         )
     x = x - x.mean(dtype=np.float64).astype(np.float32)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def min_samples(sample_rate: int) -> int:
+    """One 25 ms analysis window: fewer samples give no fbank frame."""
+    return int(round(0.025 * sample_rate))
