@@ -32,10 +32,17 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = True) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then fsync and rename it to ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give the permissions a plain open() would
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
@@ -63,6 +70,7 @@ def atomic_write_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: give the permissions a plain mkdir() would
     try:
         write(tmp)
         for f in (*tmp.iterdir(), tmp):
