@@ -133,16 +133,17 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
         "frame": ["model.fshape=128", "model.tshape=2"],
         "patch-visible": ["model.fshape=16", "model.tshape=16", "model.pretrain_encoder=visible"],
     }
-    rows = []
+    rows, probes = [], Probes(out)
     started = time.time()
     for name, shape in pre_runs.items():
         cfg = _config("pretrain", shape + probe + [f"data.train=[{corpus.pool}]", *pre_len,
                                                    f"train.run_dir={out / ('pretrain-' + name)}"])
         t0 = time.time()
-        train(cfg)
+        result = train(cfg)
+        probes.while_pretraining += sum(h["seconds"] for h in result["history"] if h["split"] == "probe")
         rows.append({"model": name, "pretrain_s": round(time.time() - t0, 1),
                      "masked_acc": _last(out / f"pretrain-{name}", "train/accuracy"),
-                     **_probe(str(out / f"pretrain-{name}" / "final"), cfg, out / f"pretrain-{name}" / "probe", out)})
+                     **probes.run(name, str(out / f"pretrain-{name}" / "final"), cfg, out / f"pretrain-{name}")})
     for row, (name, shape) in zip(rows, pre_runs.items()):
         init = out / f"pretrain-{name}" / "final"
         ft_shape = shape[:2] + (["model.tstride=1", "model.fstride=128"] if name == "frame" else [])
@@ -155,15 +156,13 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
         f"data.train=[{corpus.train}]", f"data.test=[{corpus.test}]", "model.init=scratch",
         *ft_len, f"train.run_dir={out / 'finetune-scratch'}"])
     res = train(cfg)
-    random_encoder = _config("pretrain", list(pre_runs["patch"]) + probe + [f"data.train=[{corpus.pool}]"])
+    # the scratch row's probe: a randomly initialised encoder of the demo's patch model (train.seed 0)
+    random_encoder = _config("pretrain", pre_runs["patch"] + probe + [f"data.train=[{corpus.pool}]"])
     rows.append({"model": "scratch (patch)", "pretrain_s": 0.0, "masked_acc": "-",
-                 **_probe("scratch", random_encoder, out / "probe-scratch", out),
+                 **probes.run("scratch (patch)", "scratch", random_encoder, out / "scratch"),
                  "downstream_acc": round(res["final"]["accuracy"], 4)})
-    probe_s = sum(row.pop("probe_s") for row in rows)
     table = format_table(rows)
-    plot_probe_comparison({row["model"]: json.loads((out / folder / "probe.json").read_text())
-                           for row, folder in zip(rows, [f"pretrain-{n}/probe" for n in pre_runs] + ["probe-scratch"])},
-                          out / "probe_layers.png")
+    plot_probe_comparison(probes.results, out / "probe_layers.png")
     (out / "demo_results.md").write_text(table + "\n")
     (out / "demo_results.json").write_text(json.dumps(rows, indent=2))
     print("\nssast demo: pretrained on an unlabeled pool, fine-tuned on "
@@ -171,8 +170,9 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
           f"{len(json.loads(corpus.test.read_text())['data'])}\n")
     print(table)
     print(f"\nprobe_last / probe_best: {PROBE_NOTE}; per layer: {out / 'probe_layers.png'}")
-    print(f"total {time.time() - started:.0f} s (probing the final encoders {probe_s:.0f} s); "
-          f"TensorBoard: tensorboard --logdir {out}; probes while pretraining: ssast compare {out}/pretrain-*")
+    print(f"total {time.time() - started:.0f} s, of which probing {probes.while_pretraining:.0f} s while pretraining "
+          f"and {probes.final:.0f} s after; TensorBoard: tensorboard --logdir {out}; the probe against the step: "
+          f"ssast compare {out}/pretrain-*")
     return rows
 
 
@@ -181,15 +181,25 @@ PROBE_NOTE = ("test accuracy of a linear classifier on the frozen encoder's mean
               "(layer in brackets), fitted on the labelled training clips")
 
 
-def _probe(ckpt: str, cfg, out_dir: Path, root: Path) -> dict:
-    """The probe columns of one encoder (and the seconds it took); probe.json and probe.png go to out_dir."""
-    from ssast.probe import probe_checkpoint
+class Probes:
+    """The demo's probes of final encoders (results by model name, probe.json under RUN/probe) and their cost."""
 
-    t0 = time.time()
-    result = probe_checkpoint(ckpt, cfg, out_dir, cache_dir=root / "probe_cache")
-    best = result["best"]
-    return {"probe_last": round(result["last"]["linear"], 4),
-            "probe_best": f"{best['linear']:.4f} ({best['layer']})", "probe_s": time.time() - t0}
+    def __init__(self, out: Path) -> None:
+        self.cache = out / "probe_cache"
+        self.results: dict[str, dict] = {}
+        self.while_pretraining = 0.0  # seconds, summed from the runs' histories
+        self.final = 0.0
+
+    def run(self, name: str, ckpt: str, cfg, run_dir: Path) -> dict:
+        """The table's probe columns of one encoder."""
+        from ssast.probe import probe_checkpoint
+
+        t0 = time.time()
+        result = self.results[name] = probe_checkpoint(ckpt, cfg, run_dir / "probe", cache_dir=self.cache)
+        self.final += time.time() - t0
+        best = result["best"]
+        return {"probe_last": round(result["last"]["linear"], 4),
+                "probe_best": f"{best['linear']:.4f} ({best['layer']})"}
 
 
 def _last(run_dir: Path, tag: str):

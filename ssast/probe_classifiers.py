@@ -108,10 +108,14 @@ class LinearHead:
         return x @ self.weight + self.bias
 
 
-def fit_linear(x: Tensor, y: Tensor, multilabel: bool, weight_decay: float) -> LinearHead:
-    """Softmax (or per-class sigmoid) regression with an L2 penalty, on standardised features x (N, D), y (N, C)."""
-    w = torch.zeros(x.shape[1], y.shape[1], device=x.device, requires_grad=True)
-    b = torch.zeros(y.shape[1], device=x.device, requires_grad=True)
+def fit_linear(x: Tensor, y: Tensor, multilabel: bool, weight_decay: float,
+               start: LinearHead | None = None) -> LinearHead:
+    """Softmax (or per-class sigmoid) regression with an L2 penalty, on standardised features x (N, D), y (N, C),
+    from zero or from ``start`` (the problem is convex: the start changes only how many iterations it takes)."""
+    w = torch.zeros(x.shape[1], y.shape[1], device=x.device) if start is None else start.weight.clone()
+    b = torch.zeros(y.shape[1], device=x.device) if start is None else start.bias.clone()
+    w.requires_grad_(True)
+    b.requires_grad_(True)
     loss = _loss_fn(multilabel)
     _lbfgs([w, b], lambda: loss(x @ w + b, y) + 0.5 * weight_decay * (w * w).sum())
     return LinearHead(w.detach(), b.detach())
@@ -219,19 +223,33 @@ def _probe_layers(fit: Split, select: Split, refit: Split, test: Split, multilab
     def on(y: np.ndarray, logits: Tensor) -> float:
         return score(_scores(logits, multilabel), y, multilabel)
 
+    same = refit is fit  # a real validation split: the fits on `fit` are the final ones
     layers = []
     for i in range(fx.shape[1]):
-        wd = _choose(decays, lambda wd: on(sel_targets, fit_linear(fx[:, i], fit.y, multilabel, wd).logits(
-            sx[:, i])))
-        linear = on(targets, fit_linear(rx[:, i], refit.y, multilabel, wd).logits(tx[:, i]))
+        heads: dict[float, LinearHead] = {}
+
+        def linear_on_select(wd: float) -> float:
+            # decays come strong to weak: each fit starts where the previous one ended (a regularisation path)
+            heads[wd] = fit_linear(fx[:, i], fit.y, multilabel, wd, start=next(reversed(heads.values()), None))
+            return on(sel_targets, heads[wd].logits(sx[:, i]))
+
+        wd = _choose(decays, linear_on_select)
+        head = heads[wd] if same else fit_linear(rx[:, i], refit.y, multilabel, wd, start=heads[wd])
+        linear = on(targets, head.logits(tx[:, i]))
         ks = sorted((k for k in KNN_KS if k <= fx.shape[0]), reverse=True) or [1]
         k = _choose(ks, lambda k: score(knn_scores(fx[:, i], fit.y, sx[:, i], k).cpu().numpy(), sel_targets,
                                         multilabel))
         knn = score(knn_scores(rx[:, i], refit.y, tx[:, i], k).cpu().numpy(), targets, multilabel)
         layers.append({"layer": i, "linear": linear, "weight_decay": wd, "knn": knn, "k": k})
 
-    wd = _choose(decays, lambda wd: on(sel_targets, fit_layer_mix(fx, fit.y, multilabel, wd).logits(sx)))
-    mix = fit_layer_mix(rx, refit.y, multilabel, wd)
+    mixes: dict[float, LayerMixHead] = {}
+
+    def mix_on_select(wd: float) -> float:
+        mixes[wd] = fit_layer_mix(fx, fit.y, multilabel, wd)
+        return on(sel_targets, mixes[wd].logits(sx))
+
+    wd = _choose(decays, mix_on_select)
+    mix = mixes[wd] if same else fit_layer_mix(rx, refit.y, multilabel, wd)
     weighted = {"linear": on(targets, mix.logits(tx)), "weight_decay": wd,
                 "layer_weights": [round(float(v), 4) for v in mix.layer_weights]}
     return {"layers": layers, "weighted": weighted}
