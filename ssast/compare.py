@@ -150,13 +150,9 @@ def compare_runs(run_dirs: list[str], out_dir: str) -> tuple[str, Path]:
         if tag == "probe per layer":
             _plot_probe_layers(ax, probes)
             continue
-        for r, s in series.items():
-            if tag in s:
-                steps, values = zip(*s[tag])
-                ax.plot(steps, values, "o-" if tag.startswith("probe/") else "-", label=run_name(r))
-        ax.set_title(f"{tag} (last layer, while pretraining)" if tag.startswith("probe/") else tag, fontsize=9)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        probing = tag.startswith("probe/")
+        _plot_series(ax, {run_name(r): s[tag] for r, s in series.items() if tag in s},
+                     f"{tag} (last layer, while pretraining)" if probing else tag, "o-" if probing else "-")
     fig.tight_layout()
     png = out / "curves.png"
     fig.savefig(png, dpi=90)
@@ -164,30 +160,46 @@ def compare_runs(run_dirs: list[str], out_dir: str) -> tuple[str, Path]:
     return table, png
 
 
+def _plot_series(ax, series: dict[str, list[tuple[int, float]]], title: str, style: str = "-") -> None:
+    """One line per run of (step, value) points."""
+    for name, points in series.items():
+        steps, values = zip(*points)
+        ax.plot(steps, values, style, label=name)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7)
+
+
 def _plot_probe_layers(ax, probes: dict[str, dict]) -> None:
     """Every run's probe score against layer: linear solid, k-NN dashed, in the run's colour."""
-    metric, layers = "score", []
+    metric, ticks = "score", []
     for name, p in probes.items():
-        layers = max(layers, [row["layer"] for row in p["layers"]], key=len)
+        layers = [row["layer"] for row in p["layers"]]
+        ticks = max(ticks, layers, key=len)
         line, = ax.plot(layers, [row["linear"] for row in p["layers"]], "o-", label=f"{name} linear")
         ax.plot(layers, [row["knn"] for row in p["layers"]], "s--", color=line.get_color(), alpha=0.6,
                 label=f"{name} k-NN")
         metric = p["metric"]
     ax.set_title(f"probe {metric} per layer (0 = patch embedding)", fontsize=9)
-    ax.set_xticks(layers)
+    ax.set_xticks(ticks)
     ax.set_xlabel("layer")
     ax.legend(fontsize=7)
 
 
-def plot_probe_comparison(probes: dict[str, dict], png: Path) -> Path:
-    """A PNG of the per-layer probe curves of several encoders, {name: probe.json contents}."""
+def plot_probe_comparison(probes: dict[str, dict], png: Path,
+                          steps: dict[str, list[tuple[int, float]]] | None = None) -> Path:
+    """A PNG of the per-layer probe curves of several encoders ({name: probe.json contents}) and, given ``steps``
+    ({name: [(step, score)]}, the probes while pretraining), a second panel of the probe against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    _plot_probe_layers(ax, probes)
+    fig, axes = plt.subplots(1, 2 if steps else 1, figsize=(11 if steps else 6, 4), squeeze=False)
+    _plot_probe_layers(axes[0][0], probes)
+    if steps:
+        metric = next(iter(probes.values()))["metric"] if probes else "score"
+        _plot_series(axes[0][1], steps, f"probe {metric} of the last layer while pretraining", "o-")
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     plt.close(fig)

@@ -116,7 +116,7 @@ def _config(name: str, overrides: list[str]):
 
 def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
     """Make the corpus, pretrain patch/frame/visible models, fine-tune them and a scratch baseline; print a table."""
-    from ssast.compare import format_table, plot_probe_comparison
+    from ssast.compare import format_table, plot_probe_comparison, read_scalars
     from ssast.train.engine import train
 
     out = Path(out)
@@ -162,14 +162,16 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
                  **probes.run("scratch (patch)", "scratch", random_encoder, out / "scratch"),
                  "downstream_acc": round(res["final"]["accuracy"], 4)})
     table = format_table(rows)
-    plot_probe_comparison(probes.results, out / "probe_layers.png")
+    scalars = {name: read_scalars(out / f"pretrain-{name}") for name in pre_runs}
+    plot_probe_comparison(probes.results, out / "probe.png",
+                          steps={n: s["probe/linear_acc"] for n, s in scalars.items() if "probe/linear_acc" in s})
     (out / "demo_results.md").write_text(table + "\n")
     (out / "demo_results.json").write_text(json.dumps(rows, indent=2))
     print("\nssast demo: pretrained on an unlabeled pool, fine-tuned on "
           f"{len(json.loads(corpus.train.read_text())['data'])} labelled clips, tested on "
           f"{len(json.loads(corpus.test.read_text())['data'])}\n")
     print(table)
-    print(f"\nprobe_last / probe_best: {PROBE_NOTE}; per layer: {out / 'probe_layers.png'}")
+    print(f"\nprobe_last / probe_best: {PROBE_NOTE}; plots: {out / 'probe.png'}")
     print(f"total {time.time() - started:.0f} s, of which probing {probes.while_pretraining:.0f} s while pretraining "
           f"and {probes.final:.0f} s after; TensorBoard: tensorboard --logdir {out}; the probe against the step: "
           f"ssast compare {out}/pretrain-*")

@@ -28,7 +28,7 @@ from torch import Tensor
 WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 KNN_KS = (1, 3, 5, 10, 20)
 KNN_TEMPERATURE = 0.07
-MAX_ITER = 100  # L-BFGS iterations per fit; the small probes here converge well before
+MAX_ITER = 100  # L-BFGS iterations per fit (on separable data the weakest decays may stop short of their optimum)
 SMALL_PROBLEM = 2**24  # clips x width x classes below which the fits run on one CPU thread
 
 

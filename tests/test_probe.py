@@ -156,13 +156,14 @@ def test_held_out_part_is_per_class_and_does_not_depend_on_the_order():
 
 @pytest.fixture(scope="module")
 def pretraining(bands, tmp_path_factory):
-    """Two tiny pretraining runs, the same but for probing every 3 steps; the probing run's probe draws from every
-    global RNG (python, numpy, torch) to show that those draws cannot reach the training."""
+    """Two tiny pretraining runs, the same but for probing every 3 steps (and the probe's lists and label CSV, which
+    the plain run does not have); the probing run's probe draws from every global RNG (python, numpy, torch) to show
+    that those draws cannot reach the training."""
     root, data = bands
     out = tmp_path_factory.mktemp("pre")
     lists = [d.replace("data.train", "data.probe_train").replace("data.test", "data.probe_test") for d in data]
     common = ["task=pretrain", *TINY, "model.mask_patch=0.5", "train.steps=6", "train.image_every=0",
-              f"data.train=[{root / 'train.json'}]", *lists]
+              f"data.train=[{root / 'train.json'}]"]
     plain = train(load_config(None, [*common, f"train.run_dir={out / 'plain'}"]))
     mp = pytest.MonkeyPatch()
     import ssast.probe
@@ -175,7 +176,7 @@ def pretraining(bands, tmp_path_factory):
 
     mp.setattr(ssast.probe, "evaluate_embeddings", drawing)
     try:
-        probed = train(load_config(None, [*common, "train.probe_every=3", f"train.run_dir={out / 'probed'}"]))
+        probed = train(load_config(None, [*common, *lists, "train.probe_every=3", f"train.run_dir={out / 'probed'}"]))
     finally:
         mp.undo()
     return out, plain, probed
