@@ -184,6 +184,8 @@ def cmd_probe(args) -> int:
           f"({result['num_clips']['test']} clips); regularisation and k chosen on {result['selection']}")
     print(format_probe_table(result))
     print(f"layer weights of the weighted sum: {result['weighted']['layer_weights']}")
+    for note in result.get("skipped_clips", []):
+        print(f"{note} (probed on the rest)", file=sys.stderr)
     print(f"embeddings: {', '.join(f'{k} {v}' for k, v in result['cache'].items())} in the cache"
           f"{f' {cache}' if cache else ''}; {result['seconds']['embed']:.1f} s embedding, "
           f"{result['seconds']['fit']:.1f} s fitting; wrote {Path(args.out) / 'probe.json'} and probe.png")

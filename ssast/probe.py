@@ -46,6 +46,7 @@ class Embeddings:
     emb: np.ndarray
     labels: np.ndarray
     keys: list[str]
+    skipped: str = ""  # the loader's summary when clips could not be used (they are left out)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -75,15 +76,17 @@ def embed_loader(encoder, loader, feature_fn: Callable[[dict], Tensor], autocast
     try:
         loader.set_epoch(0)
         for batch in loader:
+            feats = feature_fn(batch)  # outside autocast, as in training
             with autocast():
-                embs.append(layer_embeddings(encoder, feature_fn(batch)).cpu().numpy())
+                embs.append(layer_embeddings(encoder, feats).cpu().numpy())
             labels.append(batch["labels"].numpy())
             keys += list(batch["keys"])
     finally:
         encoder.train(was_training)
     if not keys:
         raise ConfigError(f"{loader.name}: no usable clip to probe with ({loader.skip_summary()})")
-    return Embeddings(np.concatenate(embs), np.concatenate(labels), keys)
+    skipped = f"{loader.name}: {loader.skip_summary()}" if sum(loader.skipped.values()) else ""
+    return Embeddings(np.concatenate(embs), np.concatenate(labels), keys, skipped)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -243,7 +246,7 @@ def read_cached(path: Path) -> Optional[Embeddings]:
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return Embeddings(z["emb"], z["labels"], [str(k) for k in z["keys"]])
+            return Embeddings(z["emb"], z["labels"], [str(k) for k in z["keys"]], str(z["skipped"]))
     except (OSError, ValueError, KeyError):
         return None
 
@@ -253,7 +256,8 @@ def write_cached(path: Path, e: Embeddings) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    np.savez(buf, emb=e.emb.astype(np.float32), labels=e.labels.astype(np.float32), keys=np.array(e.keys, dtype=str))
+    np.savez(buf, emb=e.emb.astype(np.float32), labels=e.labels.astype(np.float32), keys=np.array(e.keys, dtype=str),
+             skipped=np.array(e.skipped))
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
@@ -313,6 +317,9 @@ def probe_checkpoint(ckpt: str, cfg: Config, out_dir: str | Path, cache_dir: str
         embedded[split] = found
     t_embed = time.time() - t0
     result = evaluate_embeddings(embedded["train"], embedded.get("valid"), embedded["test"], cfg.data.multilabel)
+    skipped = [e.skipped for e in embedded.values() if e.skipped]
+    if skipped:
+        result["skipped_clips"] = skipped
     result.update(checkpoint=str(ckpt), encoder=what, score_split=splits["test"][0], cache=cache,
                   seconds={"embed": round(t_embed, 2), "fit": round(time.time() - t0 - t_embed, 2)})
     out = Path(out_dir)

@@ -286,3 +286,18 @@ def test_resume_may_turn_probing_on():
     assert resume_conflicts(saved, given) == []
     other = load_config(None, ["task=pretrain", "train.steps=10", "optim.lr=2e-4"])
     assert resume_conflicts(saved, other)
+
+
+def test_unreadable_clips_are_left_out_and_reported(bands, tmp_path, capsys):
+    root, data = bands
+    entries = json.loads((root / "train.json").read_text())["data"]
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    listing = tmp_path / "train_with_bad.json"
+    listing.write_text(json.dumps({"data": [{**e, "wav": str(root / e["wav"])} for e in entries]
+                                   + [{"wav": str(tmp_path / "bad.wav"), "labels": "low"}]}))
+    code, out, err = run_cli(capsys, "probe", "scratch", *TINY, f"data.train=[{listing}]", *data[1:],
+                             "--out", tmp_path / "out", "--no-cache")
+    assert code == 0, err
+    assert "data.train: skipped 1 of 31 clips: 1 corrupt" in err and "probed on the rest" in err, err
+    result = json.loads((tmp_path / "out" / "probe.json").read_text())
+    assert result["num_clips"]["train"] == 30 and len(result["skipped_clips"]) == 1
