@@ -188,6 +188,33 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from ssast.atomic import check_output
+    from ssast.config import ConfigError, load_config
+    from ssast.probe import default_cache_dir, format_probe_table, probe_checkpoint
+
+    checkpoints = [a for a in args.args if "=" not in a]
+    if len(checkpoints) != 1:
+        raise ConfigError(f"probe: name one checkpoint folder (or scratch), got {len(checkpoints)}: "
+                          f"{' '.join(checkpoints) or 'none'}")
+    # read as fine-tuning reads its data; a pretraining config's own probing setting does not apply here
+    overrides = [a for a in args.args if "=" in a] + ["train.probe_every=0"]
+    cfg = load_config(args.config, overrides, task="finetune")
+    check_output(args.out, folder=True, what="--out")
+    cache = None if args.no_cache else (args.cache or default_cache_dir())
+    result = probe_checkpoint(checkpoints[0], cfg, args.out, cache_dir=cache)
+    print(f"probe of {result['encoder']}: {result['metric']} on {result['score_split']} "
+          f"({result['num_clips']['test']} clips); regularisation and k chosen on {result['selection']}")
+    print(format_probe_table(result))
+    print(f"layer weights of the weighted sum: {result['weighted']['layer_weights']}")
+    for note in result.get("skipped_clips", []):
+        print(f"{note} (probed on the rest)", file=sys.stderr)
+    print(f"embeddings: {', '.join(f'{k} {v}' for k, v in result['cache'].items())} in the cache"
+          f"{f' {cache}' if cache else ''}; {result['seconds']['embed']:.1f} s embedding, "
+          f"{result['seconds']['fit']:.1f} s fitting; wrote {Path(args.out) / 'probe.json'} and probe.png")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from ssast.atomic import check_output
     from ssast.compare import compare_runs
@@ -285,6 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="a folder (hf) or a .onnx file (onnx)")
     p.add_argument("--format", choices=["hf", "onnx"], required=True)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("probe", help="frozen-encoder linear probe and k-NN per layer of a checkpoint",
+                       epilog=EPILOG_OVERRIDES)
+    p.add_argument("--config", "-c", help="YAML config naming the labelled lists (data.train/valid/test and "
+                                          "data.label_csv, or data.probe_train/probe_test)")
+    p.add_argument("args", nargs="+", metavar="CHECKPOINT_OR_KEY=VALUE",
+                   help="a pretraining or fine-tuned checkpoint folder, or scratch (a random encoder of the config's "
+                        "model), and dotted overrides")
+    p.add_argument("--out", default="probe", help="folder for probe.json and probe.png")
+    p.add_argument("--cache", help="embedding cache folder (default: $SSAST_CACHE_DIR or ~/.cache/ssast/probe)")
+    p.add_argument("--no-cache", action="store_true", help="compute the embeddings without reading or writing a cache")
+    p.set_defaults(func=cmd_probe, positionals="args")
 
     p = sub.add_parser("compare", help="table and curves of several runs (e.g. patch vs frame)")
     p.add_argument("runs", nargs="+")

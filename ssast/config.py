@@ -149,6 +149,10 @@ class DataConfig:
     # pretraining without data.valid that needs validation (plateau schedule, eval_every): this share of the training
     # clips of each source (at least one; by a fixed hash of their path; whole shards for shard sources) is held out
     holdout: float = 0.01
+    # frozen-encoder probing while pretraining (train.probe_every) and `ssast probe` on a pretraining config: small
+    # labelled lists (labels from data.label_csv) the probe is fitted on and scored on
+    probe_train: list[str] = field(default_factory=list)
+    probe_test: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -194,6 +198,7 @@ class TrainConfig:
     keep_last: int = 3
     eval_every: int = 0  # steps; 0: every epoch when fine-tuning, never when pretraining
     image_every: int = 500  # steps between reconstruction images (pretraining)
+    probe_every: int = 0  # steps between frozen-encoder probes on data.probe_train/probe_test (pretraining); 0: off
     ema: float = 0.0  # 0: off; else the EMA decay
     wa_start: int = 0  # weight averaging over epochs [wa_start, wa_end]; 0: off
     wa_end: int = 0
@@ -443,6 +448,7 @@ def _minimums(cfg: Config) -> list[tuple[str, float, float]]:
         ("train.max_bad_steps", t.max_bad_steps, 1),
         ("train.eval_every", t.eval_every, 0),
         ("train.image_every", t.image_every, 0),
+        ("train.probe_every", t.probe_every, 0),
         ("data.holdout", cfg.data.holdout, 0),
         ("model.projector_dim", cfg.model.projector_dim, 0),
     ]
@@ -452,6 +458,26 @@ def _minimums(cfg: Config) -> list[tuple[str, float, float]]:
         checks += [("optim.plateau_every", o.plateau_every, 1), ("optim.plateau_patience", o.plateau_patience, 0),
                    ("optim.plateau_threshold", o.plateau_threshold, 0)]
     return checks
+
+
+def _check_probe(cfg: Config) -> None:
+    """Probing while pretraining: needs its two labelled lists and their label CSV, and must run at least once."""
+    every, d = cfg.train.probe_every, cfg.data
+    if every <= 0:
+        return
+    if cfg.task != "pretrain":
+        raise ConfigError("train.probe_every: probing while training is for pretraining; probe a fine-tuned "
+                          "checkpoint with `ssast probe CKPT -c CONFIG`", ["train.probe_every"])
+    for key, value in (("data.probe_train", d.probe_train), ("data.probe_test", d.probe_test),
+                       ("data.label_csv", d.label_csv)):
+        if not value:
+            raise ConfigError(f"train.probe_every={every} needs {key}: give data.probe_train and data.probe_test "
+                              f"(small labelled JSON lists) and data.label_csv (their labels)",
+                              ["train.probe_every", key])
+    if cfg.train.steps and every > cfg.train.steps:
+        raise ConfigError(f"train.probe_every={every} is more than train.steps={cfg.train.steps}: the probe would "
+                          f"never run; probe more often or set train.probe_every=0",
+                          ["train.probe_every", "train.steps"])
 
 
 def validate(cfg: Config) -> None:
@@ -508,6 +534,7 @@ def validate(cfg: Config) -> None:
                               ["model.two_pass", "model.pretrain_encoder"])
         if any(c < 1 for c in m.cluster_sizes) or not m.cluster_sizes:
             raise ConfigError("model.cluster_sizes must be a non-empty list of positive sizes", ["model.cluster_sizes"])
+    _check_probe(cfg)
     if cfg.data.train_weights and len(cfg.data.train_weights) != len(cfg.data.train):
         raise ConfigError(
             f"data.train_weights has {len(cfg.data.train_weights)} entries for {len(cfg.data.train)} sources",

@@ -2,8 +2,9 @@
 
 It writes a small corpus of sound events of six classes (an unlabeled pool for pretraining, a small labelled
 train/test split), pretrains tiny patch and frame models with the all-token (SSAST) path and a patch model with the
-visible-token (MAE-AST style) path, fine-tunes each and a from-scratch baseline on the labelled part, and prints one
-comparison table. Everything is driven through the same configs and engine that real runs use.
+visible-token (MAE-AST style) path (probing the frozen encoder on the labelled part every 500 steps), fine-tunes each and
+a from-scratch baseline on the labelled part, probes every final encoder and a random one, and prints one comparison
+table. Everything is driven through the same configs and engine that real runs use.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _config(name: str, overrides: list[str]):
 
 def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
     """Make the corpus, pretrain patch/frame/visible models, fine-tune them and a scratch baseline; print a table."""
-    from ssast.compare import format_table
+    from ssast.compare import format_table, plot_probe_comparison, read_scalars
     from ssast.train.engine import train
 
     out = Path(out)
@@ -38,20 +39,25 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
     pre_len = ["train.steps=30"] if quick else []
     ft_len = ["train.epochs=2"] if quick else []
     data = [f"data.label_csv={corpus.labels}"]
+    # the frozen-encoder probe: fitted on the labelled training clips, scored on the test clips
+    probe = data + [f"data.probe_train=[{corpus.train}]", f"data.probe_test=[{corpus.test}]",
+                    f"train.probe_every={0 if quick else PROBE_EVERY}"]
     pre_runs = {
         "patch": ["model.fshape=16", "model.tshape=16"],
         "frame": ["model.fshape=128", "model.tshape=2"],
         "patch-visible": ["model.fshape=16", "model.tshape=16", "model.pretrain_encoder=visible"],
     }
-    rows = []
+    rows, probes = [], Probes(out)
     started = time.time()
     for name, shape in pre_runs.items():
-        cfg = _config("pretrain", shape + [f"data.train=[{corpus.pool}]", *pre_len,
-                                           f"train.run_dir={out / ('pretrain-' + name)}"])
+        cfg = _config("pretrain", shape + probe + [f"data.train=[{corpus.pool}]", *pre_len,
+                                                   f"train.run_dir={out / ('pretrain-' + name)}"])
         t0 = time.time()
-        train(cfg)
+        result = train(cfg)
+        probes.while_pretraining += sum(h["seconds"] for h in result["history"] if h["split"] == "probe")
         rows.append({"model": name, "pretrain_s": round(time.time() - t0, 1),
-                     "masked_acc": _last(out / f"pretrain-{name}", "train/accuracy")})
+                     "masked_acc": _last(out / f"pretrain-{name}", "train/accuracy"),
+                     **probes.run(name, str(out / f"pretrain-{name}" / "final"), cfg, out / f"pretrain-{name}")})
     for row, (name, shape) in zip(rows, pre_runs.items()):
         init = out / f"pretrain-{name}" / "final"
         ft_shape = shape[:2] + (["model.tstride=1", "model.fstride=128"] if name == "frame" else [])
@@ -64,17 +70,52 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
         f"data.train=[{corpus.train}]", f"data.test=[{corpus.test}]", "model.init=scratch",
         *ft_len, f"train.run_dir={out / 'finetune-scratch'}"])
     res = train(cfg)
+    # the scratch row's probe: a randomly initialised encoder of the demo's patch model (train.seed 0)
+    random_encoder = _config("pretrain", pre_runs["patch"] + probe + [f"data.train=[{corpus.pool}]"])
     rows.append({"model": "scratch (patch)", "pretrain_s": 0.0, "masked_acc": "-",
+                 **probes.run("scratch (patch)", "scratch", random_encoder, out / "scratch"),
                  "downstream_acc": round(res["final"]["accuracy"], 4)})
     table = format_table(rows)
+    scalars = {name: read_scalars(out / f"pretrain-{name}") for name in pre_runs}
+    plot_probe_comparison(probes.results, out / "probe.png",
+                          steps={n: s["probe/linear_acc"] for n, s in scalars.items() if "probe/linear_acc" in s})
     (out / "demo_results.md").write_text(table + "\n")
     (out / "demo_results.json").write_text(json.dumps(rows, indent=2))
     print("\nssast demo: pretrained on an unlabeled pool, fine-tuned on "
           f"{len(json.loads(corpus.train.read_text())['data'])} labelled clips, tested on "
           f"{len(json.loads(corpus.test.read_text())['data'])}\n")
     print(table)
-    print(f"\ntotal {time.time() - started:.0f} s; TensorBoard: tensorboard --logdir {out}")
+    print(f"\nprobe_last / probe_best: {PROBE_NOTE}; plots: {out / 'probe.png'}")
+    print(f"total {time.time() - started:.0f} s, of which probing {probes.while_pretraining:.0f} s while pretraining "
+          f"and {probes.final:.0f} s after; TensorBoard: tensorboard --logdir {out}; the probe against the step: "
+          f"ssast compare {out}/pretrain-*")
     return rows
+
+
+PROBE_EVERY = 500
+PROBE_NOTE = ("test accuracy of a linear classifier on the frozen encoder's mean-pooled last layer / best layer "
+              "(layer in brackets), fitted on the labelled training clips")
+
+
+class Probes:
+    """The demo's probes of final encoders (results by model name, probe.json under RUN/probe) and their cost."""
+
+    def __init__(self, out: Path) -> None:
+        self.cache = out / "probe_cache"
+        self.results: dict[str, dict] = {}
+        self.while_pretraining = 0.0  # seconds, summed from the runs' histories
+        self.final = 0.0
+
+    def run(self, name: str, ckpt: str, cfg, run_dir: Path) -> dict:
+        """The table's probe columns of one encoder."""
+        from ssast.probe import probe_checkpoint
+
+        t0 = time.time()
+        result = self.results[name] = probe_checkpoint(ckpt, cfg, run_dir / "probe", cache_dir=self.cache)
+        self.final += time.time() - t0
+        best = result["best"]
+        return {"probe_last": round(result["last"]["linear"], 4),
+                "probe_best": f"{best['linear']:.4f} ({best['layer']})"}
 
 
 def _last(run_dir: Path, tag: str):

@@ -37,7 +37,11 @@ RESUME_MAY_CHANGE = (
     "train.steps", "train.epochs", "train.min_steps", "train.run_dir", "train.log_every", "train.ckpt_every", "train.keep_last",
     "train.eval_every", "train.image_every", "train.max_bad_steps", "train.progress", "train.device",
     "data.valid", "data.test", "data.num_workers", "data.eval_batch_size", "data.strict", "data.allow_missing",
+    # the frozen-encoder probe reads the encoder and its own lists, and draws no random number: it changes no weight
+    "train.probe_every", "data.probe_train", "data.probe_test",
 )
+# Pretraining reads labels only for the probe, so its label CSV may change too.
+RESUME_MAY_CHANGE_PRETRAIN = ("data.label_csv",)
 
 
 class RunLock:
@@ -83,8 +87,9 @@ def check_resume_config(run_dir: Path, cfg: Config) -> None:
     """Refuse, before anything is written, a resume whose config changes more than RESUME_MAY_CHANGE allows."""
     conflicts = resume_conflicts(load_config(run_dir / "config.yaml"), cfg)
     if conflicts:
+        may = RESUME_MAY_CHANGE + (RESUME_MAY_CHANGE_PRETRAIN if cfg.task == "pretrain" else ())
         raise ConfigError(f"--resume {run_dir}: cannot change {'; '.join(conflicts)}. A resume may change only "
-                          f"{', '.join(RESUME_MAY_CHANGE)}; nothing was written")
+                          f"{', '.join(may)}; nothing was written")
 
 
 def disk_full(e: BaseException) -> bool:
@@ -125,7 +130,8 @@ def resume_conflicts(saved: Config, given: Config) -> list[str]:
         return out
 
     a, b = flat(saved), flat(given)
-    return [f"{k} (saved {a[k]!r}, given {b[k]!r})" for k in a if k not in RESUME_MAY_CHANGE and a[k] != b.get(k)]
+    may = RESUME_MAY_CHANGE + (RESUME_MAY_CHANGE_PRETRAIN if saved.task == "pretrain" == given.task else ())
+    return [f"{k} (saved {a[k]!r}, given {b[k]!r})" for k in a if k not in may and a[k] != b.get(k)]
 
 
 def point_last(run_dir: Path, target: Path) -> None:

@@ -33,6 +33,7 @@ class PretrainTask:
     def __init__(self, cfg: Config, rt: Runtime, labels):
         self.cfg, self.rt = cfg, rt
         self.fixed_clip = None  # the clip of the reconstruction images
+        self.prober = None  # the frozen-encoder probe (train.probe_every), built before training starts
 
     @property
     def find_unused_parameters(self) -> bool:
@@ -79,6 +80,10 @@ class PretrainTask:
 
     # -- hooks ---------------------------------------------------------------------------------------------------
     def before_training(self, tr) -> None:
+        if self.cfg.train.probe_every and tr.rt.is_main:
+            from ssast.probe import TrainingProbe
+
+            self.prober = TrainingProbe(self.cfg)  # now, so a missing list or label stops the run before it starts
         if self.cfg.train.image_every and tr.rt.is_main:
             # one fixed clip for the reconstruction images, taken before training starts
             source = tr.valid_loader or tr.train_loader
@@ -96,6 +101,26 @@ class PretrainTask:
             metrics = tr.eval_and_record("valid", tr.valid_loader)  # fixed masks: comparable across checks
             if plateau:  # the authors' rule: ReduceLROnPlateau on the validation masked accuracy
                 tr.schedule.report_metric(_from_rank0(metrics.get(self.monitor, 0.0), tr.rt))
+        if cfg.train.probe_every and tr.step % cfg.train.probe_every == 0:
+            self.probe(tr)
+
+    def probe(self, tr) -> None:
+        """Linear probe and k-NN of the current encoder on data.probe_train/probe_test (rank 0; the others wait),
+        logged under probe/ in TensorBoard and into the history (metrics.json). Draws no random number."""
+        if tr.rt.is_main:
+            from ssast.probe import probe_scalars
+
+            model = tr.ema.module if tr.ema else tr.model
+            result = self.prober.run(model.encoder, tr.feature_fn, tr.rt)
+            scalars = {**probe_scalars(result), "seconds": result["seconds"]}
+            tr.board.scalars("probe", scalars, tr.step)
+            tr.history.append({"step": tr.step, "epoch": tr.epoch, "split": "probe", **scalars,
+                               "linear_by_layer": [r["linear"] for r in result["layers"]],
+                               "knn_by_layer": [r["knn"] for r in result["layers"]]})
+            tr.progress.message(f"probe @ step {tr.step}: " + " ".join(
+                f"{k} {v:.4g}" for k, v in scalars.items()))
+        if tr.rt.distributed:
+            torch.distributed.barrier()
 
     def after_epoch(self, tr) -> None:
         """Pretraining counts steps: an epoch's end changes nothing."""
