@@ -31,22 +31,31 @@ def _config(name: str, overrides: list[str]):
 def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
     """Make the corpus, pretrain patch/frame/visible models, fine-tune them and a scratch baseline; print a table."""
     from ssast.compare import format_table, plot_probe_comparison, read_scalars
+    from ssast.label_efficiency import efficiency_table, plot_efficiency
     from ssast.train.engine import train
 
     out = Path(out)
-    corpus = make_corpus(out / "data", pool=120 if quick else 720)
+    corpus = make_corpus(out / "data", pool=120 if quick else 720, train_per_class=max(CURVE))
+    labelled = corpus.train_subset(LABELLED)  # the table's fine-tuning and probes: LABELLED clips per class
     # --quick shortens the runs (smoke tests); otherwise the lengths in configs/demo/*.yaml apply
     pre_len = ["train.steps=30"] if quick else []
-    ft_len = ["train.epochs=2"] if quick else []
+    ft_len = ["train.epochs=2", "train.min_steps=0"] if quick else []
     data = [f"data.label_csv={corpus.labels}"]
     # the frozen-encoder probe: fitted on the labelled training clips, scored on the test clips
-    probe = data + [f"data.probe_train=[{corpus.train}]", f"data.probe_test=[{corpus.test}]",
+    probe = data + [f"data.probe_train=[{labelled}]", f"data.probe_test=[{corpus.test}]",
                     f"train.probe_every={0 if quick else PROBE_EVERY}"]
     pre_runs = {
         "patch": ["model.fshape=16", "model.tshape=16"],
         "frame": ["model.fshape=128", "model.tshape=2"],
         "patch-visible": ["model.fshape=16", "model.tshape=16", "model.pretrain_encoder=visible"],
     }
+
+    def finetune(run: str, shape: list[str], init: str, train_list: Path) -> float:
+        cfg = _config("finetune", shape + data + [
+            f"data.train=[{train_list}]", f"data.test=[{corpus.test}]", f"model.init={init}", *ft_len,
+            f"train.run_dir={out / run}"])
+        return round(train(cfg)["final"]["accuracy"], 4)
+
     rows, probes = [], Probes(out)
     started = time.time()
     for name, shape in pre_runs.items():
@@ -59,32 +68,39 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
                      "masked_acc": _last(out / f"pretrain-{name}", "train/accuracy"),
                      **probes.run(name, str(out / f"pretrain-{name}" / "final"), cfg, out / f"pretrain-{name}")})
     for row, (name, shape) in zip(rows, pre_runs.items()):
-        init = out / f"pretrain-{name}" / "final"
         ft_shape = shape[:2] + (["model.tstride=1", "model.fstride=128"] if name == "frame" else [])
-        cfg = _config("finetune", ft_shape + data + [
-            f"data.train=[{corpus.train}]", f"data.test=[{corpus.test}]", f"model.init={init}",
-            *ft_len, f"train.run_dir={out / ('finetune-' + name)}"])
-        res = train(cfg)
-        row["downstream_acc"] = round(res["final"]["accuracy"], 4)
-    cfg = _config("finetune", ["model.fshape=16", "model.tshape=16"] + data + [
-        f"data.train=[{corpus.train}]", f"data.test=[{corpus.test}]", "model.init=scratch",
-        *ft_len, f"train.run_dir={out / 'finetune-scratch'}"])
-    res = train(cfg)
+        row["downstream_acc"] = finetune(f"finetune-{name}", ft_shape, str(out / f"pretrain-{name}" / "final"),
+                                         labelled)
+    scratch_acc = finetune("finetune-scratch", pre_runs["patch"], "scratch", labelled)
     # the scratch row's probe: a randomly initialised encoder of the demo's patch model (train.seed 0)
     random_encoder = _config("pretrain", pre_runs["patch"] + probe + [f"data.train=[{corpus.pool}]"])
     rows.append({"model": "scratch (patch)", "pretrain_s": 0.0, "masked_acc": "-",
                  **probes.run("scratch (patch)", "scratch", random_encoder, out / "scratch"),
-                 "downstream_acc": round(res["final"]["accuracy"], 4)})
+                 "downstream_acc": scratch_acc})
+    # label efficiency: the patch encoder against scratch at CURVE clips per class (LABELLED is the table's runs)
+    curve = [{"task": "events", "init": "patch", "per_class": LABELLED, "seed": 0, "accuracy": rows[0]["downstream_acc"]},
+             {"task": "events", "init": "scratch", "per_class": LABELLED, "seed": 0, "accuracy": scratch_acc}]
+    for k in (k for k in CURVE if k != LABELLED):
+        for init, start in (("scratch", "scratch"), ("patch", str(out / "pretrain-patch" / "final"))):
+            acc = finetune(f"curve-{init}-{k}", pre_runs["patch"], start, corpus.train_subset(k))
+            curve.append({"task": "events", "init": init, "per_class": k, "seed": 0, "accuracy": acc})
+    curve.sort(key=lambda r: r["per_class"])
     table = format_table(rows)
+    chance = {"events": 1 / corpus.classes}
+    curve_table = efficiency_table(curve, chance, seeds=1)
+    plot_efficiency(curve, chance, out / "label_efficiency.png")
     scalars = {name: read_scalars(out / f"pretrain-{name}") for name in pre_runs}
     plot_probe_comparison(probes.results, out / "probe.png",
                           steps={n: s["probe/linear_acc"] for n, s in scalars.items() if "probe/linear_acc" in s})
-    (out / "demo_results.md").write_text(table + "\n")
-    (out / "demo_results.json").write_text(json.dumps(rows, indent=2))
+    (out / "demo_results.md").write_text(table + "\n\nLabel efficiency (test accuracy, %):\n\n" + curve_table + "\n")
+    (out / "demo_results.json").write_text(json.dumps({"models": rows, "label_efficiency": curve}, indent=2))
     print("\nssast demo: pretrained on an unlabeled pool, fine-tuned on "
-          f"{len(json.loads(corpus.train.read_text())['data'])} labelled clips, tested on "
+          f"{len(json.loads(labelled.read_text())['data'])} labelled clips, tested on "
           f"{len(json.loads(corpus.test.read_text())['data'])}\n")
     print(table)
+    print(f"\nlabel efficiency: test accuracy (%) against labelled clips per class, patch encoder vs scratch "
+          f"({out / 'label_efficiency.png'})\n")
+    print(curve_table)
     print(f"\nprobe_last / probe_best: {PROBE_NOTE}; plots: {out / 'probe.png'}")
     print(f"total {time.time() - started:.0f} s, of which probing {probes.while_pretraining:.0f} s while pretraining "
           f"and {probes.final:.0f} s after; TensorBoard: tensorboard --logdir {out}; the probe against the step: "
@@ -93,6 +109,8 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
 
 
 PROBE_EVERY = 500
+LABELLED = 6  # labelled clips per class of the table's fine-tuning and probes
+CURVE = (2, 6, 12)  # clips per class of the label-efficiency curve
 PROBE_NOTE = ("test accuracy of a linear classifier on the frozen encoder's mean-pooled last layer / best layer "
               "(layer in brackets), fitted on the labelled training clips")
 

@@ -200,6 +200,14 @@ class Corpus:
     train: Path
     test: Path
     labels: Path
+    classes: int = 0
+
+    def train_subset(self, per_class: int) -> Path:
+        """A train list of the first ``per_class`` clips of every class (the train list is class-interleaved)."""
+        data = json.loads(self.train.read_text())["data"][: per_class * self.classes]
+        path = self.root / f"train_{per_class}.json"
+        path.write_text(json.dumps({"data": data}, indent=1))
+        return path
 
 
 def make_corpus(root: str | Path, *, pool: int = 720, train_per_class: int = 6, test_per_class: int = 20,
@@ -233,4 +241,4 @@ def make_corpus(root: str | Path, *, pool: int = 720, train_per_class: int = 6, 
         (root / f"{split}.json").write_text(json.dumps({"data": data}, indent=1))
     csv = root / "labels.csv"
     csv.write_text("index,mid,display_name\n" + "".join(f"{i},{m},\"{n}\"\n" for i, (m, n) in enumerate(spec.classes)))
-    return Corpus(root, root / "pool.json", root / "train.json", root / "test.json", csv)
+    return Corpus(root, root / "pool.json", root / "train.json", root / "test.json", csv, len(spec.classes))

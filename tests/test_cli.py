@@ -145,8 +145,14 @@ def test_missing_data_file_is_reported_before_training(tmp_path, capsys):
 def test_demo_quick_runs_every_model(tmp_path, capsys):
     code, out, err = run(capsys, "demo", "--out", tmp_path / "demo", "--quick")
     assert code == 0, err
-    rows = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
+    results = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
+    rows = results["models"]
     assert [r["model"] for r in rows] == ["patch", "frame", "patch-visible", "scratch (patch)"]
     for r in rows:
         assert 0.0 <= r["downstream_acc"] <= 1.0
     assert "| patch-visible |" in out and "tensorboard --logdir" in out
+    # the label-efficiency curve: patch encoder and scratch at 2, 6 and 12 clips per class, the 6 being the table's
+    curve = {(r["init"], r["per_class"]): r["accuracy"] for r in results["label_efficiency"]}
+    assert sorted(curve) == [(i, k) for i in ("patch", "scratch") for k in (2, 6, 12)]
+    assert curve["patch", 6] == rows[0]["downstream_acc"] and curve["scratch", 6] == rows[3]["downstream_acc"]
+    assert (tmp_path / "demo" / "label_efficiency.png").stat().st_size > 0 and "| events (17%) | 12 |" in out

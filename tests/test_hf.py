@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 from ssast.cli import main  # noqa: E402
 from ssast.config import AudioConfig, ModelConfig  # noqa: E402
-from ssast.demo import CLASSES, make_corpus  # noqa: E402
+from ssast.synthetic import EVENT_CLASSES as CLASSES, make_corpus  # noqa: E402
 from ssast.export import export_hf, import_hf  # noqa: E402
 from ssast.inference import embed_files, predict_files  # noqa: E402
 from ssast.models.checkpoint import CheckpointMeta, load_state, read_checkpoint_meta, save_checkpoint  # noqa: E402

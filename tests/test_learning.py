@@ -1,8 +1,8 @@
 """Training must learn, not only run: the demo's patch model on its synthetic sound events, seeded.
 
 - Pretraining: the masked-patch accuracy on held-out clips (fixed masks) ends far above chance (1 / masked tokens).
-- Fine-tuning on 36 labelled clips (6 classes): the pretrained encoder beats chance and beats the same recipe from
-  scratch.
+- Fine-tuning on 36 labelled clips (6 classes) with the few-label recipe (configs/demo/finetune.yaml, the template's
+  recipe at the demo's scale): it learns from scratch, the pretrained encoder does better still, and beats scratch.
 
 Margins come from measured runs, with headroom for seed and machine noise.
 """
@@ -17,11 +17,13 @@ from ssast.train.engine import train
 CLASSES = 6
 MASKED = 32  # mask_patch 0.5 of the 8 x 8 patch grid of 128 frames x 128 mel bins
 # Measured on 2026-12-01 with these settings, seeds 0, 1, 2 (2-core Intel Xeon): held-out masked accuracy 0.243,
-# 0.253, 0.244 (chance 1/32 = 0.031); test accuracy from the pretrained encoder 0.542, 0.558, 0.542 against 0.425,
-# 0.383, 0.400 from scratch (chance 1/6 = 0.167): gains of 0.117 to 0.175.
+# 0.253, 0.244 (chance 1/32 = 0.031). Fine-tuning with the few-label recipe (pretraining seed 0, fine-tuning seeds 0, 1,
+# 2): test accuracy from the pretrained encoder 0.725, 0.775, 0.825 against 0.442, 0.417, 0.475 from scratch (chance
+# 1/6 = 0.167): gains of 0.283 to 0.358.
 MIN_MASKED_ACC = 3 / MASKED
-MIN_FINETUNE_ACC = 2 / CLASSES
-MIN_GAIN_OVER_SCRATCH = 0.05
+MIN_SCRATCH_ACC = 0.3
+MIN_FINETUNE_ACC = 0.55
+MIN_GAIN_OVER_SCRATCH = 0.15
 
 
 @pytest.fixture(scope="module")
@@ -51,5 +53,6 @@ def test_pretraining_learns_the_masked_patches(runs):
 def test_fine_tuning_learns_and_pretraining_helps(runs):
     _, from_pre, scratch = runs
     pre_acc, scratch_acc = from_pre["final"]["accuracy"], scratch["final"]["accuracy"]
+    assert scratch_acc > MIN_SCRATCH_ACC, scratch_acc  # the few-label recipe learns even without pretraining
     assert pre_acc > MIN_FINETUNE_ACC, pre_acc
     assert pre_acc > scratch_acc + MIN_GAIN_OVER_SCRATCH, (pre_acc, scratch_acc)

@@ -34,8 +34,8 @@ from ssast.train.state_io import STATE as TRAINER_STATE
 # Anything else (model, features, augmentation, optimiser, training data, batch, seed, precision) would make the
 # resumed run a different run than the checkpoint's.
 RESUME_MAY_CHANGE = (
-    "train.steps", "train.epochs", "train.min_steps", "train.run_dir", "train.log_every", "train.ckpt_every", "train.keep_last",
-    "train.eval_every", "train.image_every", "train.max_bad_steps", "train.progress", "train.device",
+    "train.steps", "train.epochs", "train.min_steps", "train.run_dir", "train.log_every", "train.ckpt_every",
+    "train.keep_last", "train.eval_every", "train.image_every", "train.max_bad_steps", "train.progress", "train.device",
     "data.valid", "data.test", "data.num_workers", "data.eval_batch_size", "data.strict", "data.allow_missing",
     # the frozen-encoder probe reads the encoder and its own lists, and draws no random number: it changes no weight
     "train.probe_every", "data.probe_train", "data.probe_test",
