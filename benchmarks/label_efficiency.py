@@ -124,7 +124,9 @@ def finetune(work: Path, task: str, corpus, k: int, init: str, seed: int, recipe
 
 
 def load(results: Path) -> list[dict]:
-    return json.loads(results.read_text()) if results.exists() else []
+    """The rows so far, one per (task, recipe, init, clips per class, seed): studies sharing a file may repeat one."""
+    rows = json.loads(results.read_text()) if results.exists() else []
+    return list({(r["task"], r["recipe"], r["init"], r["per_class"], r["seed"]): r for r in reversed(rows)}.values())[::-1]
 
 
 def append(results: Path, row: dict) -> list[dict]:
