@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from ssast.synthetic import make_corpus  # noqa: F401  (re-exported: tests and scripts make the demo corpus from here)
+from ssast.synthetic import make_corpus
 
 DEMO_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
 
