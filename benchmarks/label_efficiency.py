@@ -123,6 +123,19 @@ def finetune(work: Path, task: str, corpus, k: int, init: str, seed: int, recipe
             "accuracy": round(res["final"]["accuracy"], 4), "steps": res["steps"], "seconds": round(time.time() - t0, 1)}
 
 
+def probe(work: Path, task: str, corpus, k: int, encoder: str) -> dict:
+    """The frozen-encoder probe (linear, best layer) of a pretrained encoder on the first k clips per class: the
+    baseline a fine-tuning must beat. Deterministic, so one "seed"."""
+    from ssast.probe import probe_checkpoint
+
+    cfg = _config("finetune", FINETUNE_SHAPE[encoder] + [
+        f"data.label_csv={corpus.labels}", f"data.train=[{corpus.train_subset(k)}]", f"data.test=[{corpus.test}]"])
+    out = work / task / f"probe-{encoder}-k{k}"
+    result = probe_checkpoint(str(pretrain(work, task, encoder, corpus)), cfg, out, cache_dir=work / "probe_cache")
+    return {"task": task, "recipe": "probe", "init": f"probe {encoder}", "per_class": k, "seed": 0,
+            "accuracy": round(result["best"]["linear"], 4), "layer": result["best"]["layer"]}
+
+
 def load(results: Path) -> list[dict]:
     """The rows so far, one per (task, recipe, init, clips per class, seed): studies sharing a file may repeat one."""
     rows = json.loads(results.read_text()) if results.exists() else []
@@ -167,6 +180,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--recipe", default="template", choices=list(CANDIDATES))
     ap.add_argument("--report", action="store_true", help="only print the table and draw the PNG")
+    ap.add_argument("--probe", action="store_true",
+                    help="also the frozen-encoder probe of each pretrained encoder at every k (the baseline)")
     ap.add_argument("--selection", type=int, metavar="K", help="only print the recipes side by side at K per class")
     args = ap.parse_args()
     work, results = Path(args.work), Path(args.results)
@@ -186,10 +201,15 @@ def main() -> None:
                         row = finetune(work, task, corpus, k, init, seed, args.recipe)
                         print(json.dumps(row), flush=True)
                         rows = append(results, row)
-    mine = sorted((r for r in rows if r["recipe"] == args.recipe), key=lambda r: list(TASKS).index(r["task"]))
+                    if args.probe and init != "scratch" and (task, "probe", f"probe {init}", k, 0) not in done:
+                        row = probe(work, task, corpus, k, init)
+                        print(json.dumps(row), flush=True)
+                        rows = append(results, row)
+    mine = sorted((r for r in rows if r["recipe"] in (args.recipe, "probe")), key=lambda r: list(TASKS).index(r["task"]))
     chance = {t: 1 / len(spec.classes) for t, spec in TASKS.items()}
     print(efficiency_table(mine, chance))
-    png = plot_efficiency(mine, chance, results.with_name(f"{results.stem}_{args.recipe}.png"))
+    name = results.stem if args.recipe == "template" else f"{results.stem}_{args.recipe}"
+    png = plot_efficiency(mine, chance, results.with_name(name + ".png"))
     print(f"plot: {png}")
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-INITS = ("scratch", "patch", "frame", "visible")
+INITS = ("scratch", "patch", "frame", "visible")  # fine-tuned from these; "probe X": X's frozen-encoder probe
+PROBES = tuple(f"probe {i}" for i in INITS[1:])
 
 
 def summarize(rows: list[dict]) -> dict[tuple, tuple[float, float, int]]:
@@ -27,7 +28,7 @@ def _tasks(stats: dict) -> list[str]:
 def efficiency_table(rows: list[dict], chance: dict[str, float], seeds: int = 3) -> str:
     """Markdown: one line per (task, clips per class), one column per initialisation, mean ± std in %."""
     stats = summarize(rows)
-    inits = [i for i in INITS if any(key[1] == i for key in stats)]
+    inits = [i for i in INITS + PROBES if any(key[1] == i for key in stats)]
     lines = ["| task (chance) | clips per class | " + " | ".join(inits) + " |", "|---|---|" + "---|" * len(inits)]
     for t in _tasks(stats):
         for k in sorted({k for tt, _, k in stats if tt == t}):
@@ -35,8 +36,11 @@ def efficiency_table(rows: list[dict], chance: dict[str, float], seeds: int = 3)
             for i in inits:
                 m = stats.get((t, i, k))
                 cells.append("" if m is None else f"{100 * m[0]:.1f}" + (f" ± {100 * m[1]:.1f}" if m[2] > 1 else "")
-                             + ("" if m[2] == seeds else f" (n={m[2]})"))
+                             + ("" if m[2] == seeds or i in PROBES else f" (n={m[2]})"))
             lines.append(f"| {t} ({100 * chance[t]:.0f}%) | {k} | " + " | ".join(cells) + " |")
+    if any(i in PROBES for i in inits):
+        lines.append("")
+        lines.append("probe X: the frozen encoder X's linear probe (best layer), deterministic, so one run")
     return "\n".join(lines)
 
 
@@ -59,7 +63,8 @@ def plot_efficiency(rows: list[dict], chance: dict[str, float], png: Path) -> Pa
         ax.axhline(100 * chance[t], color="gray", ls=":", lw=1, label="chance")
         ax.set_xscale("log")
         ax.set_xticks(sorted({k for tt, _, k in stats if tt == t}))
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("labelled clips per class")
         ax.set_title(t)
     axes[0][0].set_ylabel("test accuracy (%)")
