@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="compare", help="folder for the table and PNG")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("demo", help="the built-in end-to-end demo on synthetic audio (about 10 min on 2 CPU cores)")
+    p = sub.add_parser("demo", help="the built-in end-to-end demo on synthetic audio (about 6 min on 2 CPU cores)")
     p.add_argument("--out", default="demo_runs")
     p.add_argument("--quick", action="store_true", help="a much shorter run, for smoke tests")
     p.set_defaults(func=cmd_demo)
