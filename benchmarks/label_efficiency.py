@@ -26,19 +26,17 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ssast.demo import PRETRAIN_SHAPES, finetune_shape  # noqa: E402
 from ssast.label_efficiency import efficiency_table, plot_efficiency, summarize  # noqa: E402
 from ssast.synthetic import TASKS, make_corpus  # noqa: E402
 
 TEMPLATE = ROOT / "configs" / "finetune" / "custom_template.yaml"
 PAPER_KEYWORD = ROOT / "configs" / "finetune" / "speechcommands_frame.yaml"
 RECIPE_SECTIONS = {"augment": None, "optim": None, "train": ("loss", "epochs", "min_steps"), "data": ("batch_size",)}
-PRETRAINED = {  # encoder name -> demo pretraining overrides
-    "patch": ["model.fshape=16", "model.tshape=16"],
-    "frame": ["model.fshape=128", "model.tshape=2"],
-    "visible": ["model.fshape=16", "model.tshape=16", "model.pretrain_encoder=visible"],
-}
-FINETUNE_SHAPE = {"scratch": PRETRAINED["patch"], "patch": PRETRAINED["patch"], "visible": PRETRAINED["patch"],
-                  "frame": ["model.fshape=128", "model.tshape=2", "model.fstride=128", "model.tstride=1"]}
+PRETRAINED = {"patch": PRETRAIN_SHAPES["patch"], "frame": PRETRAIN_SHAPES["frame"],
+              "visible": PRETRAIN_SHAPES["patch-visible"]}  # encoder name -> the demo's pretraining overrides
+FINETUNE_SHAPE = {"scratch": finetune_shape("patch"), "patch": finetune_shape("patch"),
+                  "visible": finetune_shape("patch-visible"), "frame": finetune_shape("frame")}
 SCALE_TO_DEMO = 128 / 512  # the template's SpecAugment widths are for 512 frames; the demo's clips have 128
 
 

@@ -15,6 +15,18 @@ from pathlib import Path
 from ssast.synthetic import make_corpus
 
 DEMO_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
+# The demo's encoders (also the label-efficiency study's): pretraining overrides by name
+PRETRAIN_SHAPES = {
+    "patch": ["model.fshape=16", "model.tshape=16"],
+    "frame": ["model.fshape=128", "model.tshape=2"],
+    "patch-visible": ["model.fshape=16", "model.tshape=16", "model.pretrain_encoder=visible"],
+}
+
+
+def finetune_shape(name: str) -> list[str]:
+    """The fine-tuning overrides of encoder ``name`` (or of scratch with "patch"): its patch shape, frames one apart."""
+    shape = PRETRAIN_SHAPES[name][:2]
+    return shape + (["model.tstride=1", "model.fstride=128"] if name == "frame" else [])
 
 
 def _config(name: str, overrides: list[str]):
@@ -42,11 +54,6 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
     # the frozen-encoder probe: fitted on the labelled training clips, scored on the test clips
     probe = data + [f"data.probe_train=[{labelled}]", f"data.probe_test=[{corpus.test}]",
                     f"train.probe_every={0 if quick else PROBE_EVERY}"]
-    pre_runs = {
-        "patch": ["model.fshape=16", "model.tshape=16"],
-        "frame": ["model.fshape=128", "model.tshape=2"],
-        "patch-visible": ["model.fshape=16", "model.tshape=16", "model.pretrain_encoder=visible"],
-    }
 
     def finetune(run: str, shape: list[str], init: str, train_list: Path) -> float:
         cfg = _config("finetune", shape + data + [
@@ -56,7 +63,7 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
 
     rows, probes = [], Probes(out)
     started = time.time()
-    for name, shape in pre_runs.items():
+    for name, shape in PRETRAIN_SHAPES.items():
         cfg = _config("pretrain", shape + probe + [f"data.train=[{corpus.pool}]", *pre_len,
                                                    f"train.run_dir={out / ('pretrain-' + name)}"])
         t0 = time.time()
@@ -65,13 +72,12 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
         rows.append({"model": name, "pretrain_s": round(time.time() - t0, 1),
                      "masked_acc": _last(out / f"pretrain-{name}", "train/accuracy"),
                      **probes.run(name, str(out / f"pretrain-{name}" / "final"), cfg, out / f"pretrain-{name}")})
-    for row, (name, shape) in zip(rows, pre_runs.items()):
-        ft_shape = shape[:2] + (["model.tstride=1", "model.fstride=128"] if name == "frame" else [])
-        row["downstream_acc"] = finetune(f"finetune-{name}", ft_shape, str(out / f"pretrain-{name}" / "final"),
-                                         labelled)
-    scratch_acc = finetune("finetune-scratch", pre_runs["patch"], "scratch", labelled)
+    for row, name in zip(rows, PRETRAIN_SHAPES):
+        init = str(out / f"pretrain-{name}" / "final")
+        row["downstream_acc"] = finetune(f"finetune-{name}", finetune_shape(name), init, labelled)
+    scratch_acc = finetune("finetune-scratch", finetune_shape("patch"), "scratch", labelled)
     # the scratch row's probe: a randomly initialised encoder of the demo's patch model (train.seed 0)
-    random_encoder = _config("pretrain", pre_runs["patch"] + probe + [f"data.train=[{corpus.pool}]"])
+    random_encoder = _config("pretrain", PRETRAIN_SHAPES["patch"] + probe + [f"data.train=[{corpus.pool}]"])
     rows.append({"model": "scratch (patch)", "pretrain_s": 0.0, "masked_acc": "-",
                  **probes.run("scratch (patch)", "scratch", random_encoder, out / "scratch"),
                  "downstream_acc": scratch_acc})
@@ -80,14 +86,14 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
              {"task": "events", "init": "scratch", "per_class": LABELLED, "seed": 0, "accuracy": scratch_acc}]
     for k in (k for k in CURVE if k != LABELLED):
         for init, start in (("scratch", "scratch"), ("patch", str(out / "pretrain-patch" / "final"))):
-            acc = finetune(f"curve-{init}-{k}", pre_runs["patch"], start, corpus.train_subset(k))
+            acc = finetune(f"curve-{init}-{k}", finetune_shape("patch"), start, corpus.train_subset(k))
             curve.append({"task": "events", "init": init, "per_class": k, "seed": 0, "accuracy": acc})
     curve.sort(key=lambda r: r["per_class"])
     table = format_table(rows)
     chance = {"events": 1 / corpus.classes}
     curve_table = efficiency_table(curve, chance, seeds=1)
     plot_efficiency(curve, chance, out / "label_efficiency.png")
-    scalars = {name: read_scalars(out / f"pretrain-{name}") for name in pre_runs}
+    scalars = {name: read_scalars(out / f"pretrain-{name}") for name in PRETRAIN_SHAPES}
     plot_probe_comparison(probes.results, out / "probe.png",
                           steps={n: s["probe/linear_acc"] for n, s in scalars.items() if "probe/linear_acc" in s})
     (out / "demo_results.md").write_text(table + "\n\nLabel efficiency (test accuracy, %):\n\n" + curve_table + "\n")
