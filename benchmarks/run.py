@@ -1,4 +1,4 @@
-"""The ssast benchmark suite: throughput (clips/s) and peak memory of every step, from one entry point.
+"""The ssast benchmark suite: throughput (clips/s), peak memory, FLOPs and fraction of the matmul peak of every step.
 
     python benchmarks/run.py [ROW ...] [--size tiny|small|base|custom] [--dim D --depth L --heads H] [--batch N]
         [--tdim 1024] [--tokens patch|frame|both] [--precision fp32 [bf16]] [--compile] [--device cpu|cuda]
@@ -17,6 +17,7 @@ import argparse
 import datetime
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -35,6 +36,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without install
 import torch  # noqa: E402
 
 from ssast.train.runtime import peak_memory_mb, rss_peak_mb  # noqa: E402
+from ssast.utilization import PEAK_SIZES, count_flops, fraction_of_peak, matmul_peak  # noqa: E402
 
 ROWS = (
     "pretrain-authors",
@@ -52,6 +54,7 @@ MASK_FRACTION = 400 / 512  # the released "-400" models: 400 of 512 tokens at 10
 FINETUNE_STRIDE = 10  # 16x16 patches with stride 10: 12 x 101 = 1212 tokens at 1024 frames
 NUM_CLASSES = 527  # AudioSet's label count, for the fine-tuning head
 FBANK_SECONDS = 10.0
+FBANK_FFT = 512  # 25 ms windows at 16 kHz, padded to a power of two
 MEL_BINS = 128
 RESULT_MARK = "@@BENCH_RESULT@@"
 # The authors' code on one H100 (issue 5): Base, batch 24, 128x1024, fp32, clips/s.
@@ -183,22 +186,24 @@ def pretrain_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype]
     cfg = model_config(spec)
     model = build_pretrain_model(cfg).to(device).train()
     opt = build_optimizer(model, OptimConfig(), device)
-    step_model = torch.compile(model) if spec.compile else model
     rt = Runtime(device, dtype)
     x = random_fbank(spec, device)
     gen = torch.Generator(device).manual_seed(0)  # masks drawn on the device, as in the engine
 
-    def step() -> None:
-        with rt.autocast():
-            out = step_model(x, generator=gen)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def make_step(net: torch.nn.Module) -> Callable[[], None]:
+        def step() -> None:
+            with rt.autocast():
+                out = net(x, generator=gen)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
 
     n = model.encoder.num_patches
     info = {"num_tokens": n, "num_masked": model.num_mask, "params_m": _params_m(model),
-            "encoder_tokens": n - model.num_mask if model.visible else n}
-    return step, info
+            "encoder_tokens": n - model.num_mask if model.visible else n, "flops": count_flops(make_step(model))}
+    return make_step(torch.compile(model) if spec.compile else model), info
 
 
 def classifier(spec: Spec, device: torch.device):
@@ -209,6 +214,11 @@ def classifier(spec: Spec, device: torch.device):
     return model.to(device)
 
 
+def classifier_info(model: torch.nn.Module, eager_step: Callable[[], None]) -> dict:
+    """Tokens, parameters and the FLOPs of one eager call of a classifier row's step."""
+    return {"num_tokens": model.encoder.num_patches, "params_m": _params_m(model), "flops": count_flops(eager_step)}
+
+
 def finetune_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype]):
     """(step function, info) for one classifier training step with BCE on random multi-hot targets."""
     from ssast.config import OptimConfig
@@ -217,21 +227,24 @@ def finetune_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype]
 
     model = classifier(spec, device).train()
     opt = build_optimizer(model, OptimConfig(), device)
-    step_model = torch.compile(model) if spec.compile else model
     rt = Runtime(device, dtype)
     x = random_fbank(spec, device)
     gen = torch.Generator().manual_seed(1)
     targets = (torch.rand(spec.batch, NUM_CLASSES, generator=gen) < 0.02).float().to(device)
 
-    def step() -> None:
-        with rt.autocast():
-            logits = step_model(x).float()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def make_step(net: torch.nn.Module) -> Callable[[], None]:
+        def step() -> None:
+            with rt.autocast():
+                logits = net(x).float()
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
-    return step, {"num_tokens": model.encoder.num_patches, "params_m": _params_m(model)}
+        return step
+
+    info = classifier_info(model, make_step(model))
+    return make_step(torch.compile(model) if spec.compile else model), info
 
 
 def inference_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype]):
@@ -239,15 +252,18 @@ def inference_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype
     from ssast.train.runtime import Runtime
 
     model = classifier(spec, device).eval()
-    step_model = torch.compile(model) if spec.compile else model
     rt = Runtime(device, dtype)
     x = random_fbank(spec, device)
 
-    def step() -> None:
-        with torch.inference_mode(), rt.autocast():
-            step_model(x)
+    def make_step(net: torch.nn.Module) -> Callable[[], None]:
+        def step() -> None:
+            with torch.inference_mode(), rt.autocast():
+                net(x)
 
-    return step, {"num_tokens": model.encoder.num_patches, "params_m": _params_m(model)}
+        return step
+
+    info = classifier_info(model, make_step(model))
+    return make_step(torch.compile(model) if spec.compile else model), info
 
 
 def export_row_model(spec: Spec, path: str) -> None:
@@ -258,7 +274,11 @@ def export_row_model(spec: Spec, path: str) -> None:
     from ssast.models.checkpoint import CheckpointMeta, save_checkpoint
 
     torch.manual_seed(0)
-    model = classifier(spec, torch.device("cpu"))
+    model = classifier(spec, torch.device("cpu")).eval()
+    x = random_fbank(spec, torch.device("cpu"))
+    with torch.inference_mode():
+        flops = count_flops(lambda: model(x))
+    Path(path + ".flops").write_text(str(flops))  # the ONNX row's FLOPs: the same model's torch forward, fp32
     with tempfile.TemporaryDirectory(prefix="ssast-bench-") as tmp:
         meta = CheckpointMeta(kind="classifier", model=model.cfg, audio=AudioConfig(target_length=spec.tdim))
         save_checkpoint(Path(tmp) / "ckpt", model, meta)
@@ -288,6 +308,7 @@ def onnx_inference_step(spec: Spec, device: torch.device, dtype: Optional[torch.
         subprocess.run(cmd, check=True, cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})
         export_s = time.perf_counter() - start
         size_mb = os.path.getsize(path) / 2**20
+        flops = int(Path(path + ".flops").read_text())
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     x = random_fbank(spec, torch.device("cpu")).numpy()
     cfg = model_config(spec, finetune=True)
@@ -297,7 +318,7 @@ def onnx_inference_step(spec: Spec, device: torch.device, dtype: Optional[torch.
         session.run(None, {INPUT: x})
 
     return step, {"num_tokens": tokens, "runtime": f"onnxruntime {ort.__version__}", "export_s": round(export_s, 1),
-                  "onnx_mb": round(size_mb, 1)}
+                  "onnx_mb": round(size_mb, 1), "flops": flops}
 
 
 def grid_tokens(cfg) -> int:
@@ -319,7 +340,9 @@ def fbank_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype]):
     def step() -> None:
         kaldi_fbank(wave, num_mel_bins=MEL_BINS)
 
-    return step, {"frames": frames, "seconds": FBANK_SECONDS}
+    # The flop counter sees the mel product only; add each frame's 512-point real FFT at the usual 2.5 n log2 n.
+    fft_flops = spec.fbank_batch * frames * 2.5 * FBANK_FFT * math.log2(FBANK_FFT)
+    return step, {"frames": frames, "seconds": FBANK_SECONDS, "flops": int(count_flops(step) + fft_flops)}
 
 
 STEP_BUILDERS = {
@@ -347,8 +370,9 @@ def measure_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype])
     step, info = STEP_BUILDERS[spec.row](spec, device, dtype)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = time_calls(step, spec.warmup, spec.repeats, device)
-    return Measurement(times, peak_memory_mb(device), info)
+    first = time_calls(step, 0, 1, device)[0]  # with --compile: the compilation
+    times = time_calls(step, max(spec.warmup - 1, 0), spec.repeats, device)
+    return Measurement(times, peak_memory_mb(device), {**info, "first_call_s": round(first, 2)})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -497,6 +521,10 @@ def run_spec(spec: Spec) -> dict:
         "warmup": spec.warmup,
         "peak_mb": m.peak_mb,
         "base_rss_mb": base_rss if device.type == "cpu" else None,
+        "flops_per_clip": m.extra["flops"] / n if m.extra.get("flops") else None,
+        "gflops": None,  # achieved GFLOP/s and fraction of this run's matmul peak: filled in by add_utilization
+        "peak_gflops": None,
+        "fraction_of_peak": None,
         "ratio_to_authors": None,
         "ratio_to_bare": None,
         "ratio_to_torch": None,
@@ -528,6 +556,70 @@ def issue8_label(row: str, precision: str) -> str:
     if row == "pretrain-visible" and precision == "bf16":
         return "(d)"
     return ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the machine's matmul peak
+
+
+def measure_peaks(precisions: list[str], device: str, threads: int, quick: bool) -> dict:
+    """{precision: matmul_peak record} for this device and thread count, in this process."""
+    dev = torch.device(device)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 rows run with TF32 on a GPU (the engine's setting)
+    sizes = (256, 512) if quick else ((2048, 4096, 8192) if dev.type == "cuda" else PEAK_SIZES)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    out = {}
+    for p in precisions:
+        rec = matmul_peak(dev, dtypes[p], sizes, repeats=2 if quick else 5, min_seconds=0.02 if quick else 0.2)
+        out[p] = {**rec, "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+                  "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    return out
+
+
+def run_peaks_in_subprocess(precisions: list[str], args: argparse.Namespace) -> dict:
+    """measure_peaks in a fresh process (as the rows run), or {} with a warning if it fails."""
+    request = json.dumps({"precisions": precisions, "device": args.device, "threads": args.threads,
+                          "quick": args.quick})
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--peak", request]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK) :])
+    print(f"warning: the matmul peak could not be measured: {proc.stderr.strip()[-500:]}", file=sys.stderr)
+    return {}
+
+
+def combine_peaks(before: dict, after: dict) -> dict:
+    """The peak of each precision: the higher of the measurements before and after the rows (both kept)."""
+    out = {}
+    for p in set(before) | set(after):
+        runs = [r for r in (before.get(p), after.get(p)) if r]
+        best = max(runs, key=lambda r: r["peak_gflops"])
+        out[p] = {**best, "before": before.get(p, {}).get("peak_gflops"), "after": after.get(p, {}).get("peak_gflops")}
+    return out
+
+
+def add_utilization(records: list[dict], peaks: dict) -> None:
+    """Achieved GFLOP/s and the fraction of the same run's matmul peak of the row's precision, for every row."""
+    for r in records:
+        peak = peaks.get(r.get("precision"), {}).get("peak_gflops")
+        achieved, fraction = fraction_of_peak(r.get("flops_per_clip"), r.get("clips_per_s"), peak)
+        r["gflops"], r["peak_gflops"], r["fraction_of_peak"] = achieved, peak, fraction
+        r["matmul_peak"] = peaks.get(r.get("precision"))
+
+
+def peak_lines(peaks: dict) -> list[str]:
+    """One line per precision: the peak and every size measured, before and after the rows."""
+    lines = []
+    for p, rec in sorted(peaks.items()):
+        sizes = ", ".join(f"{n}: {g:.0f}" for n, g in rec["gflops_by_size"].items())
+        lines.append(f"matmul peak {p}: {rec['peak_gflops']:.0f} GFLOP/s (before the rows "
+                     f"{_fmt(rec.get('before'), 0)}, after {_fmt(rec.get('after'), 0)}; n x n products, GFLOP/s by n: {sizes})")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -588,14 +680,14 @@ def _fmt(v, digits: int = 1) -> str:
 def markdown_table(records: list[dict]) -> str:
     """The records as a markdown table (one line per row, failures with their error)."""
     head = ["row", "tokens", "size", "batch", "tdim", "precision", "compile", "clips/s", "median ms", "min ms",
-            "peak MB", "ratio"]
+            "peak MB", "GFLOP/clip", "GFLOP/s", "of matmul peak", "ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         name = r["name"] + (f" {r['label']}" if r.get("label") else "")
         size, tdim = (r["size"], str(r["tdim"])) if r["name"] != "fbank" else ("-", "10 s")  # fbank: model-free
         if r.get("error"):
             cells = [name, _fmt(r.get("tokens")), size, str(r["batch"]), tdim, r["precision"],
-                     "yes" if r["compile"] else "no", "failed: " + r["error"][:120], "", "", "", ""]
+                     "yes" if r["compile"] else "no", "failed: " + r["error"][:120], "", "", "", "", "", "", ""]
         else:
             ratio = "-"
             if r.get("ratio_to_bare") is not None:
@@ -608,7 +700,9 @@ def markdown_table(records: list[dict]) -> str:
                 ratio += f"; {r['ratio_to_published']:.1f}x authors' H100"
             cells = [name, _fmt(r.get("tokens")), size, str(r["batch"]), tdim, r["precision"],
                      "yes" if r["compile"] else "no", _fmt(r["clips_per_s"], 2), _fmt(r["median_ms"]),
-                     _fmt(r["min_ms"]), _fmt(r["peak_mb"], 0), ratio]
+                     _fmt(r["min_ms"]), _fmt(r["peak_mb"], 0),
+                     _fmt(r["flops_per_clip"] / 1e9 if r.get("flops_per_clip") else None, 1), _fmt(r.get("gflops"), 0),
+                     f"{100 * r['fraction_of_peak']:.0f}%" if r.get("fraction_of_peak") else "-", ratio]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -725,6 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", metavar="ROW", help="profile a few steps of ROW (first tokens and precision) instead")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--export-onnx", nargs=2, metavar=("SPEC", "PATH"), help=argparse.SUPPRESS)
+    p.add_argument("--peak", help=argparse.SUPPRESS)
     return p
 
 
@@ -769,6 +864,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.export_onnx:  # the inference-onnx row's export, in its own process
         export_row_model(Spec(**json.loads(args.export_onnx[0])), args.export_onnx[1])
         return 0
+    if args.peak:  # the matmul peaks in this (fresh) process
+        request = json.loads(args.peak)
+        print(RESULT_MARK + json.dumps(measure_peaks(**request)), flush=True)
+        return 0
     if args.child:  # one row in this (fresh) process; the parent reads the marked line
         record = run_spec(Spec(**json.loads(args.child)))
         print(RESULT_MARK + json.dumps(record), flush=True)
@@ -789,6 +888,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BenchmarkError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    precisions = sorted({"fp32" if s.row in ("pretrain-authors", "fbank", "inference-onnx") else s.precision
+                         for s in specs})
+    print(f"matmul peak ({', '.join(precisions)}) ...", end=" ", flush=True, file=sys.stderr)
+    peaks_before = run_peaks_in_subprocess(precisions, args)
+    print(", ".join(f"{p} {r['peak_gflops']:.0f} GFLOP/s" for p, r in peaks_before.items()), file=sys.stderr)
     records = []
     for i, spec in enumerate(specs, 1):
         label = f"[{i}/{len(specs)}] {spec.row} {spec.tokens if spec.row != 'fbank' else ''} {spec.precision}"
@@ -799,7 +903,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         status = f"{record['clips_per_s']:.2f} clips/s" if record.get("clips_per_s") else record.get("error", "")
         print(f"{status} ({took:.0f} s)", file=sys.stderr, flush=True)
         records.append(record)
+    peaks = combine_peaks(peaks_before, run_peaks_in_subprocess(precisions, args))
     add_ratios(records)
+    add_utilization(records, peaks)
     out = Path(args.out)
     if out.parent != Path(""):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -807,6 +913,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     first = next((r for r in records if not r.get("error")), None)
     if first:
         print(f"\n{first['device_name']}, torch {first['torch']}, {first['date']}, threads {first.get('threads')}")
+    print("\n".join(peak_lines(peaks)))
     print(markdown_table(records))
     print(f"\nwrote {out}")
     return 1 if any(r.get("error") for r in records) else 0

@@ -86,6 +86,25 @@ def test_quick_run_ratios_and_shapes(quick_records):
     assert onnx["ratio_to_torch"] == pytest.approx(onnx["clips_per_s"] / by_name["inference"]["clips_per_s"])
 
 
+def test_quick_run_counts_flops_and_the_fraction_of_the_measured_peak(quick_records):
+    by_name = {r["name"]: r for r in quick_records}
+    for r in quick_records:
+        peak = r["matmul_peak"]
+        assert peak["dtype"] == "float32" and peak["peak_gflops"] == max(peak["gflops_by_size"].values()) > 0
+        assert r["peak_gflops"] == peak["peak_gflops"]
+        assert r["flops_per_clip"] > 0
+        assert r["gflops"] == pytest.approx(r["flops_per_clip"] * r["clips_per_s"] / 1e9)
+        assert r["fraction_of_peak"] == pytest.approx(r["gflops"] / r["peak_gflops"])
+    flops = {name: r["flops_per_clip"] for name, r in by_name.items()}
+    assert flops["pretrain-authors"] == pytest.approx(2 * flops["pretrain-onepass"], rel=0.03)  # two encoder passes
+    assert flops["pretrain-visible"] < 0.6 * flops["pretrain-onepass"]  # 14 of 64 tokens through the encoder
+    assert flops["loop"] == flops["pretrain-onepass"]
+    assert flops["inference-onnx"] == flops["inference"]  # the same model
+    # a training step: the forward's products once more for input gradients and once for weight gradients
+    assert 2.9 * flops["inference"] < flops["finetune-step"] < 3.3 * flops["inference"]
+    assert all(r["first_call_s"] > 0 for r in quick_records if r["name"] not in ("loop",))
+
+
 def test_plan_defaults_and_quick():
     args = bench.build_parser().parse_args(["--quick", "--device", "cpu", "--precision", "fp32", "bf16"])
     specs = bench.plan(args)
@@ -152,6 +171,23 @@ def test_ratios_and_table_from_records():
     assert table.count("\n") == len(records) + 1
     assert "10.00x (a)" in table and "failed: boom" in table
     assert records[6]["ratio_to_torch"] == pytest.approx(1.5) and "1.50x torch fp32" in table
+
+
+def test_utilization_columns_from_records():
+    peaks = bench.combine_peaks({"bf16": {"peak_gflops": 900.0, "gflops_by_size": {"1024": 900.0}}},
+                                {"bf16": {"peak_gflops": 1000.0, "gflops_by_size": {"1024": 1000.0}}})
+    bf16 = peaks["bf16"]
+    assert bf16["peak_gflops"] == 1000.0 and (bf16["before"], bf16["after"]) == (900.0, 1000.0)
+    common = dict(tokens="patch", size="base", batch=2, tdim=1024, device="cpu", compile=False, median_ms=1.0,
+                  min_ms=1.0, peak_mb=1.0)
+    records = [{"name": "inference", "precision": "bf16", "clips_per_s": 2.0, "flops_per_clip": 250e9, **common},
+               {"name": "inference", "precision": "fp32", "clips_per_s": 2.0, "flops_per_clip": 250e9, **common}]
+    bench.add_utilization(records, peaks)
+    assert records[0]["gflops"] == pytest.approx(500.0) and records[0]["fraction_of_peak"] == pytest.approx(0.5)
+    assert records[1]["fraction_of_peak"] is None  # no fp32 peak measured: no fraction rather than a wrong one
+    table = bench.markdown_table(records)
+    assert "| 250.0 | 500 | 50% |" in table
+    assert "matmul peak bf16: 1000 GFLOP/s (before the rows 900, after 1000" in bench.peak_lines(peaks)[0]
 
 
 def test_profile_prints_the_top_ops():
