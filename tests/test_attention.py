@@ -6,8 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from ssast.models import attention as attn_mod
-from ssast.models.attention import Attention, attention, use_matmul_backward
+from ssast.models.attention import Attention, qkv_attention, use_matmul_backward
 from ssast.models.encoder import make_blocks
+
+
+def attention(q, k, v):
+    """(B, H, N, D) q, k, v through qkv_attention (which takes timm's (B, N, 3 * H * D) projection layout)."""
+    b, h, n, d = q.shape
+    qkv = torch.stack([t.transpose(1, 2) for t in (q, k, v)], dim=2).reshape(b, n, 3 * h * d)
+    return qkv_attention(qkv, h).view(b, n, h, d).transpose(1, 2)
 
 
 def _inputs(b: int, h: int, n: int, d: int, seed: int = 0):
@@ -29,7 +36,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("b,h,n,d,chunk", [(2, 3, 65, 16, 1 << 20), (1, 5, 114, 32, 2 * 114 * 114), (2, 2, 33, 64, 1)])
 def test_bf16_gradients_match_float64_as_well_as_eager_attention(monkeypatch, b, h, n, d, chunk):
-    # chunk sizes: everything in one chunk; 2 heads a chunk with a shorter last one (5 heads); the minimum of 2
+    # chunk sizes: all heads of a clip in one chunk; 2 heads a chunk with a shorter last one (5 heads); the minimum
     monkeypatch.setattr(attn_mod, "CHUNK_ELEMENTS", chunk)
     q, k, v, go = _inputs(b, h, n, d)
     _, ref = _grads(F.scaled_dot_product_attention, (q, k, v), go, torch.float64)
@@ -48,15 +55,15 @@ def test_bf16_gradients_match_float64_as_well_as_eager_attention(monkeypatch, b,
 
 
 def test_forward_is_pytorchs_and_the_path_is_chosen_only_where_it_applies():
-    q, k, v, _ = _inputs(2, 4, 40, 16)
-    qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    qkv = torch.randn(2, 40, 3 * 64)
+    qb = qkv.bfloat16().requires_grad_()
     assert use_matmul_backward(qb)
-    out = attention(qb, kb, vb)
-    assert out.grad_fn is not None and "MatmulBackward" in type(out.grad_fn).__name__
-    assert torch.equal(out.detach(), F.scaled_dot_product_attention(qb, kb, vb).detach())
+    out = qkv_attention(qb, 4)
+    assert "MatmulBackward" in type(out.grad_fn).__name__
     with torch.no_grad():
         assert not use_matmul_backward(qb)
-    assert not use_matmul_backward(q.requires_grad_())  # fp32: PyTorch's backward is as fast
+        assert torch.equal(out, qkv_attention(qb, 4))  # the same forward kernel on both paths
+    assert not use_matmul_backward(qkv.requires_grad_())  # fp32: PyTorch's backward is as fast
     assert not use_matmul_backward(qb, dropout_p=0.1)
     assert not use_matmul_backward(qb.detach())
 

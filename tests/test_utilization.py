@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssast.models.attention import attention
+from ssast.models.attention import qkv_attention
 from ssast.utilization import count_flops, fraction_of_peak, matmul_peak
 
 
@@ -24,9 +24,10 @@ def test_attention_counts_the_same_on_every_path(dtype):
     bmm = 2 * b * h * n * n * d  # one (n x d) @ (d x n) product per head
     # PyTorch's CPU flash kernel (not in torch's own table) and ssast's backward: 2 products forward, 5 backward
     assert count_flops(lambda: F.scaled_dot_product_attention(q, q, q).float().sum().backward()) == 7 * bmm
-    assert count_flops(lambda: attention(q, q, q).float().sum().backward()) == 7 * bmm
+    qkv = torch.randn(b, n, 3 * h * d, dtype=dtype, requires_grad=True)  # ssast's attention takes the projection
+    assert count_flops(lambda: qkv_attention(qkv, h).float().sum().backward()) == 7 * bmm
     with torch.no_grad():
-        assert count_flops(lambda: attention(q, q, q)) == 2 * bmm
+        assert count_flops(lambda: qkv_attention(qkv, h)) == 2 * bmm
 
 
 def test_matmul_peak_is_the_best_size_and_the_fraction_follows():
