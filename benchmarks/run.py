@@ -203,7 +203,30 @@ def pretrain_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype]
     n = model.encoder.num_patches
     info = {"num_tokens": n, "num_masked": model.num_mask, "params_m": _params_m(model),
             "encoder_tokens": n - model.num_mask if model.visible else n, "flops": count_flops(make_step(model))}
+    if model.visible:
+        info.update(decoder_cost(model, spec, rt, device))
     return make_step(torch.compile(model) if spec.compile else model), info
+
+
+def decoder_cost(model, spec: Spec, rt, device: torch.device) -> dict:
+    """The visible-token path's decoder alone (forward + backward at this row's shapes, eager): its FLOPs per clip
+    and its median time, to state the decoder's share of the step."""
+    from ssast.models.pretrain import split_indices
+
+    enc = model.encoder
+    mask = model.sample_mask(spec.batch, generator=torch.Generator().manual_seed(3)).to(device)
+    visible_idx, _ = split_indices(mask, model.num_mask)
+    h = torch.randn(spec.batch, enc.num_prefix + visible_idx.shape[1], enc.dim, device=device, requires_grad=True)
+
+    def run() -> None:
+        with rt.autocast():
+            out = model.decoder(h, visible_idx, mask, enc.grid)
+        out.float().square().mean().backward()
+
+    flops = count_flops(run)
+    times = time_calls(run, 1, 3, device)
+    model.zero_grad(set_to_none=True)
+    return {"decoder_flops_per_clip": flops / spec.batch, "decoder_ms": 1000 * statistics.median(times)}
 
 
 def classifier(spec: Spec, device: torch.device):
@@ -525,6 +548,7 @@ def run_spec(spec: Spec) -> dict:
         "gflops": None,  # achieved GFLOP/s and fraction of this run's matmul peak: filled in by add_utilization
         "peak_gflops": None,
         "fraction_of_peak": None,
+        "decoder_share": m.extra["decoder_ms"] / (1000 * median) if m.extra.get("decoder_ms") else None,
         "ratio_to_authors": None,
         "ratio_to_bare": None,
         "ratio_to_torch": None,
@@ -618,7 +642,8 @@ def peak_lines(peaks: dict) -> list[str]:
     for p, rec in sorted(peaks.items()):
         sizes = ", ".join(f"{n}: {g:.0f}" for n, g in rec["gflops_by_size"].items())
         lines.append(f"matmul peak {p}: {rec['peak_gflops']:.0f} GFLOP/s (before the rows "
-                     f"{_fmt(rec.get('before'), 0)}, after {_fmt(rec.get('after'), 0)}; n x n products, GFLOP/s by n: {sizes})")
+                     f"{_fmt(rec.get('before'), 0)}, after {_fmt(rec.get('after'), 0)}; "
+                     f"n x n products, GFLOP/s by n: {sizes})")
     return lines
 
 
@@ -696,6 +721,10 @@ def markdown_table(records: list[dict]) -> str:
                 ratio = f"{r['ratio_to_authors']:.2f}x (a)"
             elif r.get("ratio_to_torch") is not None:
                 ratio = f"{r['ratio_to_torch']:.2f}x torch fp32"
+            if r.get("decoder_share") is not None:
+                dec = (f"decoder {100 * r['decoder_share']:.0f}% of the time, "
+                       f"{100 * r['decoder_flops_per_clip'] / r['flops_per_clip']:.0f}% of the FLOPs")
+                ratio = dec if ratio == "-" else f"{ratio}; {dec}"
             if r.get("ratio_to_published") is not None:
                 ratio += f"; {r['ratio_to_published']:.1f}x authors' H100"
             cells = [name, _fmt(r.get("tokens")), size, str(r["batch"]), tdim, r["precision"],
@@ -853,7 +882,45 @@ def profile(spec: Spec, top: int = 15) -> str:
                 step()
             sync(device)
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=sort, row_limit=top)
+    averages = prof.key_averages()
+    steps = 1 if spec.row == "loop" else max(3, spec.repeats)
+    return averages.table(sort_by=sort, row_limit=top) + "\n" + category_table(averages, steps, device)
+
+
+# Where a step's time goes, by kind of op (self times, so nothing is counted twice).
+OP_CATEGORIES = (
+    ("matrix products (linear layers, attention products, flash kernel)",
+     ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product", "aten::_flash_attention",
+      "aten::_efficient_attention", "aten::matmul", "aten::linear", "aten::convolution", "aten::mkldnn")),
+    ("dtype casts and layout copies", ("aten::copy_", "aten::_to_copy", "aten::to", "aten::contiguous", "aten::clone")),
+    ("optimiser", ("aten::_fused_adam", "aten::_fused_adamw", "aten::_foreach")),
+    ("layer norms and GELU", ("aten::native_layer_norm", "aten::layer_norm", "aten::gelu")),
+    ("other element-wise and reductions (residual adds, softmax exp, loss, gradient sums)",
+     ("aten::add", "aten::mul", "aten::exp", "aten::sum", "aten::sub", "aten::div", "aten::neg", "aten::mean",
+      "aten::_log_softmax", "aten::_softmax", "aten::mse_loss", "aten::pow", "aten::relu", "aten::threshold",
+      "aten::where", "aten::fill_", "aten::zero_", "aten::sqrt", "aten::argmax", "aten::eq")),
+)
+
+
+def op_category(name: str) -> str:
+    for label, prefixes in OP_CATEGORIES:
+        if name.startswith(prefixes):
+            return label
+    return "everything else (gathers, scatters, masks, concatenation, allocation, autograd bookkeeping)"
+
+
+def category_table(averages, steps: int, device: torch.device) -> str:
+    """Self time per step by category of op, as a markdown table (the 'where the time goes' of a row)."""
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    totals: dict[str, float] = {}
+    for event in averages:
+        totals[op_category(event.key)] = totals.get(op_category(event.key), 0.0) + getattr(event, attr)
+    whole = sum(totals.values()) or 1.0
+    lines = ["| where the time goes (self time, profiled) | ms / step | share |", "|---|---|---|"]
+    for label, us in sorted(totals.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {label} | {us / 1000 / steps:.0f} | {100 * us / whole:.0f}% |")
+    lines.append(f"| all | {whole / 1000 / steps:.0f} | 100% |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -103,6 +103,10 @@ def test_quick_run_counts_flops_and_the_fraction_of_the_measured_peak(quick_reco
     # a training step: the forward's products once more for input gradients and once for weight gradients
     assert 2.9 * flops["inference"] < flops["finetune-step"] < 3.3 * flops["inference"]
     assert all(r["first_call_s"] > 0 for r in quick_records if r["name"] not in ("loop",))
+    visible = by_name["pretrain-visible"]  # the decoder's share of the visible-token step is stated
+    assert 0 < visible["decoder_flops_per_clip"] < visible["flops_per_clip"]
+    assert visible["decoder_share"] == pytest.approx(visible["decoder_ms"] / visible["median_ms"])
+    assert by_name["pretrain-onepass"]["decoder_share"] is None
 
 
 def test_plan_defaults_and_quick():
@@ -195,3 +199,8 @@ def test_profile_prints_the_top_ops():
                       warmup=1, threads=1)
     table = bench.profile(spec, top=5)
     assert "Self CPU" in table and "aten::" in table
+    categories = table.split("| where the time goes")[1]  # then self time by kind of op, shares adding up
+    shares = [int(line.rsplit("|", 2)[1].strip().rstrip("%")) for line in categories.splitlines()[2:-1]]
+    assert "matrix products" in categories and "| all |" in categories and 97 <= sum(shares) <= 103
+    assert bench.op_category("aten::addmm").startswith("matrix")
+    assert bench.op_category("aten::copy_").startswith("dtype")
