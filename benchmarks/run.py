@@ -531,6 +531,7 @@ def run_spec(spec: Spec) -> dict:
         "precision": precision,
         "requested_precision": spec.precision,
         "compile": spec.compile and spec.row not in ("fbank", "inference-onnx"),
+        "attention_backward": os.environ.get("SSAST_ATTENTION_BACKWARD", "matmul"),  # ssast.models.attention
         "device": device.type,
         "device_name": device_name(device),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,

@@ -54,7 +54,7 @@ def test_bf16_gradients_match_float64_as_well_as_eager_attention(monkeypatch, b,
         assert _rel(ours[i], flash[i]) < 0.015
 
 
-def test_forward_is_pytorchs_and_the_path_is_chosen_only_where_it_applies():
+def test_forward_is_pytorchs_and_the_path_is_chosen_only_where_it_applies(monkeypatch):
     qkv = torch.randn(2, 40, 3 * 64)
     qb = qkv.bfloat16().requires_grad_()
     assert use_matmul_backward(qb)
@@ -66,6 +66,9 @@ def test_forward_is_pytorchs_and_the_path_is_chosen_only_where_it_applies():
     assert not use_matmul_backward(qkv.requires_grad_())  # fp32: PyTorch's backward is as fast
     assert not use_matmul_backward(qb, dropout_p=0.1)
     assert not use_matmul_backward(qb.detach())
+    monkeypatch.setenv("SSAST_ATTENTION_BACKWARD", "flash")  # the switch back to PyTorch's backward
+    assert not use_matmul_backward(qb)
+    assert "MatmulBackward" not in type(qkv_attention(qb, 4).grad_fn).__name__
 
 
 def test_blocks_use_it_and_keep_timms_parameter_names():

@@ -14,10 +14,12 @@ applied to the (N, D) operands instead, so the N x N work stays bf16 and the row
 float64 attention to about 0.6% relative in bf16, between the flash backward's 0.3% and eager attention under
 autocast's 0.8% (tests/test_attention.py); 2x to 4x faster than the flash backward at 114 to 1214 tokens.
 
-Anywhere else (GPU, no gradient, export, masks, dropout) attention is ``F.scaled_dot_product_attention``.
+Anywhere else (GPU, no gradient, export, masks, dropout) attention is ``F.scaled_dot_product_attention``; so it is
+everywhere with ``SSAST_ATTENTION_BACKWARD=flash`` in the environment (to compare, or to rule this path out).
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -35,7 +37,8 @@ def use_matmul_backward(qkv: Tensor, dropout_p: float = 0.0) -> bool:
     """Whether attention of a qkv projection takes the matrix-product backward: CPU, gradients wanted, no dropout,
     bf16, and not inside an export trace (which should see the one standard op)."""
     return (
-        qkv.device.type == "cpu"
+        os.environ.get("SSAST_ATTENTION_BACKWARD", "matmul") != "flash"
+        and qkv.device.type == "cpu"
         and qkv.dtype in _DTYPES
         and dropout_p == 0.0
         and torch.is_grad_enabled()
