@@ -395,7 +395,7 @@ def measure_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype])
         torch.cuda.reset_peak_memory_stats(device)
     first = time_calls(step, 0, 1, device)[0]  # with --compile: the compilation
     times = time_calls(step, max(spec.warmup - 1, 0), spec.repeats, device)
-    return Measurement(times, peak_memory_mb(device), {**info, "first_call_s": round(first, 2)})
+    return Measurement(times, peak_memory_mb(device), {**info, "first_call_s": first})
 
 
 # ---------------------------------------------------------------------------------------------------------------
