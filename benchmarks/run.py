@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without install
 import torch  # noqa: E402
 
 from ssast.train.runtime import peak_memory_mb, rss_peak_mb  # noqa: E402
-from ssast.utilization import PEAK_SIZES, count_flops, fraction_of_peak, matmul_peak  # noqa: E402
+from ssast.utilization import PEAK_SIZES, count_flops, count_flops_by_op, fraction_of_peak, matmul_peak  # noqa: E402
 
 ROWS = (
     "pretrain-authors",
@@ -877,6 +877,7 @@ def profile(spec: Spec, top: int = 15) -> str:
                 trainer.fit()
     else:
         step, _ = STEP_BUILDERS[spec.row](spec, device, dtype)
+        flops = count_flops_by_op(step)
         time_calls(step, max(spec.warmup, 1), 0, device)
         with torch_profile(activities=activities, acc_events=True) as prof:
             for _ in range(max(3, spec.repeats)):
@@ -885,14 +886,16 @@ def profile(spec: Spec, top: int = 15) -> str:
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages()
     steps = 1 if spec.row == "loop" else max(3, spec.repeats)
-    return averages.table(sort_by=sort, row_limit=top) + "\n" + category_table(averages, steps, device)
+    flops = {} if spec.row == "loop" else flops
+    return averages.table(sort_by=sort, row_limit=top) + "\n" + category_table(averages, steps, device, flops)
 
 
 # Where a step's time goes, by kind of op (self times, so nothing is counted twice).
 OP_CATEGORIES = (
-    ("matrix products (linear layers, attention products, flash kernel)",
-     ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product", "aten::_flash_attention",
-      "aten::_efficient_attention", "aten::matmul", "aten::linear", "aten::convolution", "aten::mkldnn")),
+    ("matrix products of the linear layers", ("aten::mm", "aten::addmm", "aten::matmul", "aten::linear",
+                                             "aten::convolution", "aten::mkldnn")),
+    ("attention: flash kernel and the backward's products", ("aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product",
+                                                            "aten::_flash_attention", "aten::_efficient_attention")),
     ("dtype casts and layout copies", ("aten::copy_", "aten::_to_copy", "aten::to", "aten::contiguous", "aten::clone")),
     ("optimiser", ("aten::_fused_adam", "aten::_fused_adamw", "aten::_foreach")),
     ("layer norms and GELU", ("aten::native_layer_norm", "aten::layer_norm", "aten::gelu")),
@@ -910,17 +913,23 @@ def op_category(name: str) -> str:
     return "everything else (gathers, scatters, masks, concatenation, allocation, autograd bookkeeping)"
 
 
-def category_table(averages, steps: int, device: torch.device) -> str:
-    """Self time per step by category of op, as a markdown table (the 'where the time goes' of a row)."""
+def category_table(averages, steps: int, device: torch.device, flops: Optional[dict] = None) -> str:
+    """Self time per step by category of op, as a markdown table (the 'where the time goes' of a row); with the
+    step's FLOPs by op (:func:`ssast.utilization.count_flops_by_op`), the GFLOP/s of each category that has FLOPs."""
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     totals: dict[str, float] = {}
+    work: dict[str, int] = {}
     for event in averages:
         totals[op_category(event.key)] = totals.get(op_category(event.key), 0.0) + getattr(event, attr)
+    for op, n in (flops or {}).items():
+        work[op_category(op)] = work.get(op_category(op), 0) + n
     whole = sum(totals.values()) or 1.0
-    lines = ["| where the time goes (self time, profiled) | ms / step | share |", "|---|---|---|"]
+    lines = ["| where the time goes (self time, profiled) | ms / step | share | GFLOP/s |", "|---|---|---|---|"]
     for label, us in sorted(totals.items(), key=lambda kv: -kv[1]):
-        lines.append(f"| {label} | {us / 1000 / steps:.0f} | {100 * us / whole:.0f}% |")
-    lines.append(f"| all | {whole / 1000 / steps:.0f} | 100% |")
+        rate = f"{work[label] * steps / us / 1e3:.0f}" if work.get(label) and us else ""
+        lines.append(f"| {label} | {us / 1000 / steps:.0f} | {100 * us / whole:.0f}% | {rate} |")
+    rate = f"{sum(work.values()) * steps / whole / 1e3:.0f}" if work else ""
+    lines.append(f"| all | {whole / 1000 / steps:.0f} | 100% | {rate} |")
     return "\n".join(lines)
 
 

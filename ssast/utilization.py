@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-__all__ = ["PEAK_SIZES", "count_flops", "fraction_of_peak", "matmul_peak"]
+__all__ = ["PEAK_SIZES", "count_flops", "count_flops_by_op", "fraction_of_peak", "matmul_peak"]
 
 PEAK_SIZES = (1024, 2048, 4096)  # square products: the peak is the best of them (the medians of each)
 _aten = torch.ops.aten
@@ -39,9 +39,15 @@ _CPU_ATTENTION = {
 
 def count_flops(fn: Callable[[], object]) -> int:
     """Matrix-product FLOPs (2 per multiply-add) of one call of ``fn``, forward and backward alike."""
+    return sum(count_flops_by_op(fn).values())
+
+
+def count_flops_by_op(fn: Callable[[], object]) -> dict[str, int]:
+    """:func:`count_flops` split by op ("aten::mm", "aten::bmm", ...: the profiler's names)."""
     with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
         fn()
-    return int(counter.get_total_flops())
+    return {str(op).replace("aten.", "aten::", 1): int(n)
+            for op, n in counter.get_flop_counts().get("Global", {}).items()}
 
 
 def _sync(device: torch.device) -> None:

@@ -200,7 +200,10 @@ def test_profile_prints_the_top_ops():
     table = bench.profile(spec, top=5)
     assert "Self CPU" in table and "aten::" in table
     categories = table.split("| where the time goes")[1]  # then self time by kind of op, shares adding up
-    shares = [int(line.rsplit("|", 2)[1].strip().rstrip("%")) for line in categories.splitlines()[2:-1]]
-    assert "matrix products" in categories and "| all |" in categories and 97 <= sum(shares) <= 103
+    shares = [int(line.split("|")[3].strip().rstrip("%")) for line in categories.splitlines()[2:-1]]
+    assert "linear layers" in categories and "| all |" in categories and 97 <= sum(shares) <= 103
+    linear = next(line for line in categories.splitlines() if "linear layers" in line)
+    assert float(linear.split("|")[4]) > 0  # the linear layers' GFLOP/s, from their counted FLOPs and self time
     assert bench.op_category("aten::addmm").startswith("matrix")
+    assert bench.op_category("aten::_scaled_dot_product_flash_attention_for_cpu").startswith("attention")
     assert bench.op_category("aten::copy_").startswith("dtype")

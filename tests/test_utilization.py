@@ -6,13 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from ssast.models.attention import qkv_attention
-from ssast.utilization import count_flops, fraction_of_peak, matmul_peak
+from ssast.utilization import count_flops, count_flops_by_op, fraction_of_peak, matmul_peak
 
 
 def test_a_linear_training_step_counts_forward_and_both_gradients():
     layer = torch.nn.Linear(32, 48)
     x = torch.randn(10, 32, requires_grad=True)
     assert count_flops(lambda: layer(x).sum().backward()) == 3 * 2 * 10 * 32 * 48
+    assert count_flops_by_op(lambda: layer(x).sum().backward()) == {"aten::addmm": 2 * 10 * 32 * 48,
+                                                                      "aten::mm": 2 * 2 * 10 * 32 * 48}
     with torch.no_grad():
         assert count_flops(lambda: layer(x)) == 2 * 10 * 32 * 48
 
