@@ -94,7 +94,7 @@ def cmd_predict(args) -> int:
     if args.timeline:
         check_timeline_path(args.timeline)
     results = predict_files(args.checkpoint, args.files, top_k=args.top_k, device=args.device, window=args.window,
-                            hop=args.hop, aggregate=args.aggregate)
+                            hop=args.hop, aggregate=args.aggregate, precision=args.precision)
     if args.timeline:
         write_timeline(results, args.timeline)
     if args.json:
@@ -116,7 +116,7 @@ def cmd_embed(args) -> int:
 
     check_output(args.out, folder=True, what="--out")
     written = embed_files(args.checkpoint, args.files, args.out, tokens=args.tokens, device=args.device,
-                          window=args.window, hop=args.hop, timestamps=args.timestamps)
+                          window=args.window, hop=args.hop, timestamps=args.timestamps, precision=args.precision)
     print(f"wrote {len(written)} embeddings to {args.out}")
     return 0
 
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("checkpoint")
         p.add_argument("files", nargs="+")
         p.add_argument("--device", default="cpu")
+        p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                       help="auto (default): bf16 autocast on GPUs and on CPUs with native bf16 (AMX, AVX512-BF16) "
+                       "for models at least 256 wide, as in training; fp32 for scores that match an fp32 export")
         p.add_argument("--window", type=float, metavar="SECONDS",
                        help="cut longer files into windows this long (default: the model's length)")
         p.add_argument("--hop", type=float, metavar="SECONDS", help="start a window every HOP seconds (default: half "

@@ -1,6 +1,7 @@
 """Using trained models on audio files: evaluation on a labelled list, top-k prediction and embeddings."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -55,8 +56,9 @@ class WindowOutput(NamedTuple):
 
 
 def windowed_outputs(model_fn, files: list[str], audio: AudioConfig, windowing: Windowing, device: torch.device,
-                     batch_size: int) -> Iterator[WindowOutput]:
-    """``model_fn``'s output (on the CPU) for every window of every file, in order.
+                     batch_size: int, autocast=contextlib.nullcontext) -> Iterator[WindowOutput]:
+    """``model_fn``'s output (on the CPU, float32) for every window of every file, in order; the model runs under
+    ``autocast()``, the features outside it (as in training).
 
     Windows of all files share batches of ``batch_size``; a file is decoded as a stream, so memory holds one batch of
     windows, never a whole long recording. Bad files raise AudioError.
@@ -71,7 +73,8 @@ def windowed_outputs(model_fn, files: list[str], audio: AudioConfig, windowing: 
         batch = collate([{"wave": w.wave, "labels": None, "key": str(i)} for i, w in pending], audio.sample_rate)
         with torch.no_grad():
             feats = features(batch["wave"].to(device), batch["num_frames"].to(device), train=False)
-            out = model_fn(feats).float().cpu()
+            with autocast():
+                out = model_fn(feats).float().cpu()
         for (i, w), row in zip(pending, out):
             yield WindowOutput(i, w.start, w.end, row)
 
@@ -97,13 +100,30 @@ def _top(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:
     return [{"label": names[j], "score": float(s)} for s, j in zip(scores.tolist(), idx.tolist())]
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def inference_autocast(precision: str, device: torch.device, dim: int):
+    """The autocast of inference at ``precision`` (auto, fp32, bf16: the training rule, see resolve_precision)."""
+    from ssast.train.runtime import Runtime, resolve_precision
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r}: give one of {', '.join(PRECISIONS)}")
+    dtype, note = resolve_precision(precision, device, dim)
+    if note:
+        print(note.replace("train.precision", "--precision"), file=sys.stderr)
+    return Runtime(device, dtype).autocast
+
+
 def predict_files(ckpt: str, files: list[str], top_k: int = 5, device: str = "cpu", batch_size: int = 8,
-                  window: float | None = None, hop: float | None = None, aggregate: str = "mean") -> list[dict]:
+                  window: float | None = None, hop: float | None = None, aggregate: str = "mean",
+                  precision: str = "auto") -> list[dict]:
     """Top-k labels with scores per file (softmax for single-label models, sigmoid for multi-label).
 
     A file longer than ``window`` seconds (default: the model's length) is cut into windows every ``hop`` seconds
     (default: half the window); its ``top`` is the mean (or max, ``aggregate``) of the windows' probabilities, and
     ``windows`` lists every window's start, end (seconds) and top-k. A shorter file is one window, scored as a clip.
+    ``precision`` is the training rule's (auto: bf16 on GPUs and on CPUs with native bf16 for models >= 256 wide).
     """
     from ssast.audio.windows import resolve_windowing
 
@@ -111,12 +131,13 @@ def predict_files(ckpt: str, files: list[str], top_k: int = 5, device: str = "cp
         raise ConfigError(f"--aggregate {aggregate!r}: give one of {', '.join(AGGREGATES)}")
     dev = torch.device(device)
     model, meta = load_for_inference(ckpt, dev, need_head=True)
+    autocast = inference_autocast(precision, dev, model.cfg.dim)
     audio = audio_config_of(meta)
     windowing = resolve_windowing(audio, window, hop)
     names = meta.labels or [str(i) for i in range(meta.num_classes)]
     score = torch.sigmoid if meta.multilabel else (lambda x: torch.softmax(x, -1))
     results = []
-    for f, rows in per_file(files, windowed_outputs(model, files, audio, windowing, dev, batch_size)):
+    for f, rows in per_file(files, windowed_outputs(model, files, audio, windowing, dev, batch_size, autocast)):
         probs = score(torch.stack([w.row for w in rows]))
         clip = probs.mean(0) if aggregate == "mean" else probs.amax(0)
         windows = [{"start": w.start, "end": w.end, "top": _top(p, names, top_k)} for w, p in zip(rows, probs)]
@@ -166,7 +187,7 @@ def _embedding(model, x: torch.Tensor, tokens: bool) -> torch.Tensor:
 
 def embed_files(ckpt: str, files: list[str], out_dir: str, tokens: bool = False, device: str = "cpu",
                 batch_size: int = 8, window: float | None = None, hop: float | None = None,
-                timestamps: bool = False) -> list[Path]:
+                timestamps: bool = False, precision: str = "auto") -> list[Path]:
     """Clip embeddings (pooled, (D,)) or token embeddings ((N, D)) per file, saved as .npy under out_dir.
 
     A file longer than ``window`` seconds is cut into windows as in :func:`predict_files`; its .npy holds the mean of
@@ -177,12 +198,14 @@ def embed_files(ckpt: str, files: list[str], out_dir: str, tokens: bool = False,
 
     dev = torch.device(device)
     model, meta = load_for_inference(ckpt, dev, need_head=False)
+    autocast = inference_autocast(precision, dev, model.cfg.dim)
     audio = audio_config_of(meta)
     windowing = resolve_windowing(audio, window, hop)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    outputs = windowed_outputs(partial(_embedding, model, tokens=tokens), files, audio, windowing, dev, batch_size)
+    outputs = windowed_outputs(partial(_embedding, model, tokens=tokens), files, audio, windowing, dev, batch_size,
+                               autocast)
     for i, (f, rows) in enumerate(per_file(files, outputs)):
         emb = torch.stack([w.row for w in rows]).numpy()
         stem = f"{i:05d}_{Path(f).stem}"  # the index keeps files of the same name apart

@@ -98,7 +98,7 @@ def test_pipeline_matches_predict(tmp_path, wavs, multilabel):
     assert type(features).__name__ == "ASTFeatureExtractor"
     assert (features.mean, features.std, features.max_length, features.num_mel_bins) == (-5.5, 4.25, 128, 128)
 
-    ours = predict_files(str(ckpt), [str(w) for w in wavs], top_k=5)
+    ours = predict_files(str(ckpt), [str(w) for w in wavs], top_k=5, precision="fp32")
     pipe = transformers.pipeline("audio-classification", model=str(out))  # the default dtype "auto" is the file's fp32
     assert pipe.model.dtype == torch.float32
     for w, mine in zip(wavs, ours):
@@ -195,7 +195,7 @@ def test_imported_ast_predicts_as_the_pipeline(tmp_path, wavs):
     extractor.save_pretrained(hf)
     meta = import_hf(hf, tmp_path / "ours")
     assert (meta.audio.norm_mean, meta.audio.norm_std, meta.audio.target_length) == (-6.0, 5.0, 128)
-    ours = predict_files(str(tmp_path / "ours"), [str(w) for w in wavs], top_k=5)
+    ours = predict_files(str(tmp_path / "ours"), [str(w) for w in wavs], top_k=5, precision="fp32")
     pipe = transformers.pipeline("audio-classification", model=str(hf))
     for w, mine in zip(wavs, ours):
         wave, sr = sf.read(str(w), dtype="float32")
@@ -203,7 +203,7 @@ def test_imported_ast_predicts_as_the_pipeline(tmp_path, wavs):
         first = mine["windows"][0]["top"]  # the excerpt transformers scores (see test_pipeline_matches_predict)
         assert [t["label"] for t in theirs] == [t["label"] for t in first]
         np.testing.assert_allclose([t["score"] for t in theirs], [t["score"] for t in first], atol=1e-4)
-    emb = embed_files(str(tmp_path / "ours"), [str(wavs[0])], str(tmp_path / "emb"))
+    emb = embed_files(str(tmp_path / "ours"), [str(wavs[0])], str(tmp_path / "emb"), precision="fp32")
     assert np.load(emb[0]).shape == (64,)
 
 

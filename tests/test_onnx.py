@@ -108,7 +108,7 @@ def test_metadata_is_enough_to_score_a_wav(exported, tmp_path):
     (logits,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {INPUT: x[None].numpy()})
     logits = torch.from_numpy(logits[0])
     probs = torch.sigmoid(logits) if meta["scores"] == "sigmoid" else torch.softmax(logits, -1)
-    (pred,) = predict_files(str(ckpt), [str(wav)], top_k=len(LABELS))
+    (pred,) = predict_files(str(ckpt), [str(wav)], top_k=len(LABELS), precision="fp32")
     names = json.loads(meta["labels"])
     assert {names[i]: p for i, p in enumerate(probs.tolist())} == pytest.approx(
         {t["label"]: t["score"] for t in pred["top"]}, abs=1e-4)
