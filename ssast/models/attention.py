@@ -11,8 +11,9 @@ Every N x N product is one ``baddbmm`` / ``bmm`` (the subtraction rides in as it
 elementwise passes are ``exp_`` and ``mul_``, in the autocast dtype. bf16 rounds lse and the row sums to 8 bits, which
 would scale whole rows of P and dS by up to 3%; the dropped part is a per-row factor ``r = exp(bf16(lse) - lse)``,
 applied to the (N, D) operands instead, so the N x N work stays bf16 and the rows stay exact. The gradients match
-float64 attention to about 0.6% relative in bf16, between the flash backward's 0.3% and eager attention under
-autocast's 0.8% (tests/test_attention.py); 2x to 4x faster than the flash backward at 114 to 1214 tokens.
+float64 attention to 0.4-0.9% relative in bf16, like eager attention under autocast (0.7-1%; the flash backward
+0.3-0.7%; tests/test_attention.py). The backward alone is 1.5x (1214 tokens) to 4x (114 tokens) faster than the flash
+backward; a whole Base step 3-17% (benchmarks/README.md).
 
 Anywhere else (GPU, no gradient, export, masks, dropout) attention is ``F.scaled_dot_product_attention``; so it is
 everywhere with ``SSAST_ATTENTION_BACKWARD=flash`` in the environment (to compare, or to rule this path out).
