@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ssast import __version__
+from ssast.config import PRECISIONS
 
 EPILOG_OVERRIDES = ("Dotted overrides, before or after the options, set any config key, "
                     "e.g. optim.lr=2e-4 data.batch_size=12.")
@@ -258,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("checkpoint")
         p.add_argument("files", nargs="+")
         p.add_argument("--device", default="cpu")
-        p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+        p.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto (default): bf16 autocast on GPUs and on CPUs with native bf16 (AMX, AVX512-BF16) "
                        "for models at least 256 wide, as in training; fp32 for scores that match an fp32 export")
         p.add_argument("--window", type=float, metavar="SECONDS",

@@ -181,6 +181,10 @@ class OptimConfig:
     accum_steps: int = 1
 
 
+Precision = Literal["auto", "fp32", "bf16"]  # training and inference alike (see ssast.train.runtime.resolve_precision)
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+
+
 @dataclass
 class TrainConfig:
     steps: int = 0  # pretraining length (steps)
@@ -189,7 +193,7 @@ class TrainConfig:
     # clips give a few steps per epoch; the few-label recipe needs a minimum number of updates whatever the set size
     min_steps: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     compile: bool = False
     seed: int = 0
     run_dir: str = "runs/run"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple
 import numpy as np
 import torch
 
-from ssast.config import AudioConfig, AugmentConfig, Config, ConfigError
+from ssast.config import PRECISIONS, AudioConfig, AugmentConfig, Config, ConfigError
 
 if TYPE_CHECKING:  # the models are imported only by the commands that use them
     from ssast.audio.windows import AudioWindow, Windowing
@@ -98,9 +98,6 @@ def per_file(files: list[str], outputs: Iterator[WindowOutput]) -> Iterator[tupl
 def _top(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:
     scores, idx = probs.topk(min(k, probs.shape[-1]))
     return [{"label": names[j], "score": float(s)} for s, j in zip(scores.tolist(), idx.tolist())]
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def inference_autocast(precision: str, device: torch.device, dim: int):
