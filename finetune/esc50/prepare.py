@@ -28,7 +28,6 @@ import soundfile as sf
 
 from ssast.data.lists import (
     examples,
-    parallel_map,
     probe_audio,
     run_prepare,
     summarize,
@@ -36,6 +35,7 @@ from ssast.data.lists import (
     write_label_csv,
 )
 from ssast.data.manifest import Clip, DataError
+from ssast.data.progress import parallel_map
 
 SAMPLE_RATE = 16000
 PUBLISHED_RATE = 44100

@@ -1,5 +1,5 @@
-"""Writers for data preparation: SSAST JSON lists and label CSVs (atomic, idempotent), audio header probes, summaries,
-and the one progress line every preparation step prints (shard writing too).
+"""Writers for data preparation: SSAST JSON lists and label CSVs (atomic, idempotent), audio header probes and
+summaries.
 
 The recipes in ``pretrain/`` and ``finetune/`` turn each publisher's folder layout into our data sources with these
 pieces; the readers are in :mod:`ssast.data.manifest`, the shard writer in :mod:`ssast.data.shard_writer`. Writing
@@ -14,9 +14,7 @@ import json
 import os
 import random
 import sys
-import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
@@ -24,10 +22,10 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 from ssast.atomic import atomic_write_text
 from ssast.audio.io import AudioError, audio_info
 from ssast.data.manifest import Clip, DataError
+from ssast.data.progress import parallel_map
 from ssast.environment import EnvironmentMismatch
 
 T = TypeVar("T")
-R = TypeVar("R")
 _EXAMPLES = 5  # problems listed by name in a report; the rest are counted
 
 
@@ -117,74 +115,6 @@ def write_lines(path: str | Path, lines: Iterable[str]) -> None:
     """A plain text report (e.g. missing.txt), one item per line, written only when it changes."""
     text = "".join(f"{ln}\n" for ln in lines)
     _write_if_changed(Path(path), text)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# progress and parallel maps
-
-
-class Progress:
-    """Progress on stderr: a rewritten line on a terminal, otherwise a line every 10% (logs stay short).
-
-    ``done`` starts the count where earlier work left off (a resumed ``prepare`` keeps its finished shards); ``unit``
-    names what is counted in the line ("prepare: 3/10 shards").
-    """
-
-    def __init__(self, desc: str, total: int, enabled: bool = True, stream=None, *, done: int = 0,
-                 unit: str = "") -> None:
-        self.desc, self.total, self.done = desc, max(total, 0), done
-        self.unit = f" {unit}" if unit else ""
-        self.stream = stream or sys.stderr
-        self.enabled = enabled and total > 0
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._last_time = 0.0
-        self._last_decile = -1
-        if done:
-            self.update(0)  # show where a resumed run starts
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        if self.tty:
-            now = time.monotonic()
-            if now - self._last_time >= 0.2 or self.done >= self.total:
-                self._last_time = now
-                self.stream.write(f"\r{self.desc}: {self.done}/{self.total}{self.unit}")
-                self.stream.flush()
-        else:
-            decile = self.done * 10 // self.total
-            if decile != self._last_decile:
-                self._last_decile = decile
-                self.stream.write(f"{self.desc}: {self.done}/{self.total}{self.unit}\n")
-                self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def parallel_map(
-    fn: Callable[[T], R], items: Sequence[T], *, workers: int = 8, desc: str = "", progress: bool = True
-) -> list[R]:
-    """``[fn(x) for x in items]`` in threads (file headers and resampling wait on I/O or release the GIL),
-    in order, with progress."""
-    bar = Progress(desc or "working", len(items), progress)
-    out: list[R] = []
-    try:
-        if workers <= 1 or len(items) < 2:
-            for x in items:
-                out.append(fn(x))
-                bar.update()
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for r in pool.map(fn, items, chunksize=64 if len(items) > 5000 else 1):
-                    out.append(r)
-                    bar.update()
-    finally:
-        bar.close()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

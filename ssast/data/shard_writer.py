@@ -32,7 +32,7 @@ import webdataset as wds
 
 from ssast.atomic import atomic_write_text, fsync_path
 from ssast.audio.io import AudioError, load_audio
-from ssast.data.lists import Progress
+from ssast.data.progress import Progress
 from ssast.data.manifest import Clip, DataError, list_audio_folder, read_json_list, read_label_csv
 from ssast.data.shard_format import INDEX_FORMAT, INDEX_NAME, INDEX_VERSION, SAMPLE_RATE, shard_name, sidecar_path
 
