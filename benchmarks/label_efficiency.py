@@ -1,6 +1,6 @@
 """Label efficiency: test accuracy against labelled clips per class, from scratch and from pretrained encoders.
 
-On the synthetic tasks of :mod:`ssast.synthetic` (each with its own unlabeled pool), tiny patch, frame and
+On the synthetic tasks of :mod:`ssast.demo.synthetic` (each with its own unlabeled pool), tiny patch, frame and
 visible-token encoders are pretrained with ``configs/demo/pretrain.yaml`` and fine-tuned on the first k clips per
 class with a fine-tuning recipe: by default the few-label recipe of ``configs/finetune/custom_template.yaml``
 (its loss, augmentation, optimiser, schedule and length keys; the model stays the demo's tiny one), or one of the
@@ -26,9 +26,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ssast.demo import PRETRAIN_SHAPES, finetune_shape  # noqa: E402
-from ssast.label_efficiency import efficiency_table, plot_efficiency, summarize  # noqa: E402
-from ssast.synthetic import TASKS, make_corpus  # noqa: E402
+from ssast.demo.run import PRETRAIN_SHAPES, finetune_shape  # noqa: E402
+from ssast.evaluate.label_efficiency import efficiency_table, plot_efficiency, summarize  # noqa: E402
+from ssast.demo.synthetic import TASKS, make_corpus  # noqa: E402
 
 TEMPLATE = ROOT / "configs" / "finetune" / "custom_template.yaml"
 PAPER_KEYWORD = ROOT / "configs" / "finetune" / "speechcommands_frame.yaml"
@@ -82,7 +82,7 @@ CANDIDATES = {
 
 
 def _config(name: str, overrides: list[str]):
-    from ssast.demo import _config as demo_config
+    from ssast.demo.run import _config as demo_config
 
     return demo_config(name, overrides)
 
@@ -124,7 +124,7 @@ def finetune(work: Path, task: str, corpus, k: int, init: str, seed: int, recipe
 def probe(work: Path, task: str, corpus, k: int, encoder: str) -> dict:
     """The frozen-encoder probe (linear, best layer) of a pretrained encoder on the first k clips per class: the
     baseline a fine-tuning must beat. Deterministic, so one "seed"."""
-    from ssast.probe import probe_checkpoint
+    from ssast.evaluate.probe import probe_checkpoint
 
     cfg = _config("finetune", FINETUNE_SHAPE[encoder] + [
         f"data.label_csv={corpus.labels}", f"data.train=[{corpus.train_subset(k)}]", f"data.test=[{corpus.test}]"])

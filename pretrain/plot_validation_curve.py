@@ -20,9 +20,9 @@ def main(root: Path) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ssast.compare import read_scalars
+    from ssast.evaluate.compare import read_scalars
     from ssast.config import load_config
-    from ssast.demo import DEMO_CONFIGS, make_corpus
+    from ssast.demo.run import DEMO_CONFIGS, make_corpus
     from ssast.train.engine import train
 
     corpus = make_corpus(root / "data", pool=720, train_per_class=1, test_per_class=1)

@@ -46,6 +46,7 @@ def _model_summary(cfg) -> str:
 def cmd_train(args) -> int:
     from ssast.atomic import check_output
     from ssast.config import dump_config, load_config
+    from ssast.evaluate.probe import TrainingProbe
     from ssast.train.engine import train
 
     if args.resume and not args.config:
@@ -58,7 +59,7 @@ def cmd_train(args) -> int:
         print(dump_config(cfg))
         print(_model_summary(cfg))
         return 0
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, probe=TrainingProbe)
     final = result.get("final")
     if final:
         print(json.dumps({k: v for k, v in final.items() if isinstance(v, (int, float))}))
@@ -66,7 +67,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from ssast.inference import evaluate_checkpoint
+    from ssast.evaluate.scoring import evaluate_checkpoint
 
     from ssast.config import load_config
 
@@ -90,7 +91,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ssast.inference import check_timeline_path, predict_files, write_timeline
+    from ssast.serve.inference import check_timeline_path, predict_files, write_timeline
 
     if args.timeline:
         check_timeline_path(args.timeline)
@@ -113,7 +114,7 @@ def cmd_predict(args) -> int:
 
 def cmd_embed(args) -> int:
     from ssast.atomic import check_output
-    from ssast.inference import embed_files
+    from ssast.serve.inference import embed_files
 
     check_output(args.out, folder=True, what="--out")
     written = embed_files(args.checkpoint, args.files, args.out, tokens=args.tokens, device=args.device,
@@ -156,7 +157,7 @@ def cmd_import(args) -> int:
         raise ConfigError("--norm-mean and --norm-std go together: give both, or neither (then --stats)")
     norm = (args.norm_mean, args.norm_std) if args.norm_mean is not None else DATASET_STATS.get(args.stats)
     if Path(args.source).is_dir():  # a transformers AST folder: its config.json says what the options would
-        from ssast.export import import_hf
+        from ssast.serve.export import import_hf
 
         given = [flag for flag, value in (("--pooling", args.pooling if args.pooling != "cls" else None),
                                           ("--input-tdim", args.input_tdim), ("--fstride", args.fstride),
@@ -181,7 +182,7 @@ def cmd_import(args) -> int:
 
 def cmd_export(args) -> int:
     from ssast.atomic import check_output
-    from ssast.export import export_checkpoint
+    from ssast.serve.export import export_checkpoint
 
     check_output(args.out, folder=args.format == "hf", what="output")
     written = export_checkpoint(args.checkpoint, args.out, args.format)
@@ -192,7 +193,7 @@ def cmd_export(args) -> int:
 def cmd_probe(args) -> int:
     from ssast.atomic import check_output
     from ssast.config import ConfigError, load_config
-    from ssast.probe import default_cache_dir, format_probe_table, probe_checkpoint
+    from ssast.evaluate.probe import default_cache_dir, format_probe_table, probe_checkpoint
 
     checkpoints = [a for a in args.args if "=" not in a]
     if len(checkpoints) != 1:
@@ -218,7 +219,7 @@ def cmd_probe(args) -> int:
 
 def cmd_compare(args) -> int:
     from ssast.atomic import check_output
-    from ssast.compare import compare_runs
+    from ssast.evaluate.compare import compare_runs
 
     check_output(args.out, folder=True, what="--out")
     table, png = compare_runs(args.runs, args.out)
@@ -228,7 +229,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ssast.demo import run_demo
+    from ssast.demo.run import run_demo
 
     run_demo(args.out, quick=args.quick)
     return 0

@@ -10,7 +10,7 @@ import torch
 
 import ssast.atomic as atomic
 from ssast.config import AudioConfig, ModelConfig
-from ssast.inference import audio_config_of
+from ssast.serve.inference import audio_config_of
 from ssast.models.checkpoint import CheckpointError, CheckpointMeta, load_state, read_checkpoint_meta, save_checkpoint
 from ssast.models.factory import build_classifier, load_pretrained
 from ssast.models.classifier import SSASTClassifier

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ssast.cli import main
-from ssast.demo import make_corpus
+from ssast.demo.run import make_corpus
 
 TINY = [
     "model.size=custom", "model.dim=32", "model.depth=1", "model.heads=2", "model.input_tdim=64",

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ssast.config import load_config
-from ssast.demo import make_corpus
+from ssast.demo.run import make_corpus
 from ssast.models.checkpoint import load_state
 from ssast.train.engine import TrainingStopped, train
 from ssast.train.state_io import read_state
@@ -44,7 +44,7 @@ def finetune_cfg(corpus, run_dir, *extra):
 
 
 def scalars(run_dir):
-    from ssast.compare import read_scalars
+    from ssast.evaluate.compare import read_scalars
 
     return read_scalars(run_dir)
 
@@ -224,7 +224,7 @@ def test_compare_writes_table_and_png(corpus, tmp_path):
         run = tmp_path / f"pre-{shape[0]}x{shape[1]}"
         train(pretrain_cfg(corpus, run, f"model.fshape={shape[0]}", f"model.tshape={shape[1]}", "train.steps=3"))
         runs.append(str(run))
-    from ssast.compare import compare_runs
+    from ssast.evaluate.compare import compare_runs
 
     table, png = compare_runs(runs, str(tmp_path / "cmp"))
     assert "16x16" in table and "128x2" in table and "masked_acc" in table

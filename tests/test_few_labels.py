@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ssast.config import load_config
-from ssast.demo import make_corpus
+from ssast.demo.run import make_corpus
 from ssast.train.engine import train
 from ssast.train.tasks import FEW_LABEL_MIN_STEPS, FinetuneTask
 

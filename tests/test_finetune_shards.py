@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ssast.cli import main
-from ssast.demo import make_corpus
+from ssast.demo.run import make_corpus
 from ssast.models.checkpoint import load_state
 from ssast.train.state_io import read_state
 

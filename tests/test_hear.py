@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from ssast import hear
+from ssast.evaluate import hear
 from ssast.audio.fbank import kaldi_fbank, max_samples
 from ssast.audio.features import normalize
 from ssast.audio.io import AudioError
 from ssast.config import AudioConfig, ConfigError, ModelConfig
-from ssast.inference import embed_files
+from ssast.serve.inference import embed_files
 from ssast.models.checkpoint import CheckpointError, CheckpointMeta, save_checkpoint
 from ssast.models.classifier import SSASTClassifier
 from ssast.models.pretrain import SSASTPretrainModel

@@ -16,9 +16,9 @@ transformers = pytest.importorskip("transformers")
 
 from ssast.cli import main  # noqa: E402
 from ssast.config import AudioConfig, ModelConfig  # noqa: E402
-from ssast.synthetic import EVENT_CLASSES as CLASSES, make_corpus  # noqa: E402
-from ssast.export import export_hf, import_hf  # noqa: E402
-from ssast.inference import embed_files, predict_files  # noqa: E402
+from ssast.demo.synthetic import EVENT_CLASSES as CLASSES, make_corpus  # noqa: E402
+from ssast.serve.export import export_hf, import_hf  # noqa: E402
+from ssast.serve.inference import embed_files, predict_files  # noqa: E402
 from ssast.models.checkpoint import CheckpointMeta, load_state, read_checkpoint_meta, save_checkpoint  # noqa: E402
 from ssast.models.classifier import SSASTClassifier  # noqa: E402
 from ssast.models.factory import build_classifier  # noqa: E402
@@ -125,7 +125,7 @@ def test_exported_features_equal_ours(tmp_path, wavs):
     from ssast.audio.io import load_audio
     from ssast.config import AugmentConfig
     from ssast.data.dataset import collate
-    from ssast.inference import audio_config_of
+    from ssast.serve.inference import audio_config_of
 
     ckpt = save_ours(tmp_path / "ours")
     features = transformers.AutoFeatureExtractor.from_pretrained(export_hf(ckpt, tmp_path / "hf"))

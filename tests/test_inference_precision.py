@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 
 from ssast.config import AudioConfig, ConfigError, ModelConfig
-from ssast.inference import embed_files, predict_files
+from ssast.serve.inference import embed_files, predict_files
 from ssast.models.checkpoint import CheckpointMeta, save_checkpoint
 from ssast.models.classifier import SSASTClassifier
 from ssast.train.runtime import cpu_supports_bf16

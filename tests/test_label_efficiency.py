@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from ssast.config import load_config
-from ssast.label_efficiency import efficiency_table, summarize
+from ssast.evaluate.label_efficiency import efficiency_table, summarize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import label_efficiency as study  # noqa: E402

@@ -11,7 +11,7 @@ import torch
 
 from ssast.cli import main
 from ssast.config import DATASET_STATS, ModelConfig, OptimConfig, load_config
-from ssast.demo import make_corpus
+from ssast.demo.run import make_corpus
 from ssast.models.classifier import SSASTClassifier
 from ssast.train.optim import param_groups
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from ssast.config import load_config
-from ssast.demo import DEMO_CONFIGS, make_corpus
+from ssast.demo.run import DEMO_CONFIGS, make_corpus
 from ssast.train.engine import train
 
 CLASSES = 6

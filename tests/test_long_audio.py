@@ -22,7 +22,7 @@ from ssast.audio.features import FeatureExtractor
 from ssast.audio.io import load_audio
 from ssast.cli import main
 from ssast.config import AudioConfig, AugmentConfig, ModelConfig
-from ssast.inference import embed_files, predict_files
+from ssast.serve.inference import embed_files, predict_files
 from ssast.models.checkpoint import CheckpointMeta, save_checkpoint
 from ssast.models.classifier import SSASTClassifier
 from ssast.models.factory import load_pretrained
@@ -225,7 +225,7 @@ def test_nan_inside_a_recording_names_the_window(ckpt, tmp_path, capsys):
 
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, resource, sys
-    from ssast.inference import predict_files
+    from ssast.serve.inference import predict_files
     peaks = []
     for f in sys.argv[2:]:
         (r,) = predict_files(sys.argv[1], [f], hop=float(WINDOW))

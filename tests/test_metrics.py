@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from ssast.metrics import accuracy, classification_metrics, d_prime, multilabel_metrics
+from ssast.train.metrics import accuracy, classification_metrics, d_prime, multilabel_metrics
 
 
 def test_d_prime_of_known_aucs():

@@ -15,9 +15,9 @@ ort = pytest.importorskip("onnxruntime")
 
 from ssast.cli import main  # noqa: E402
 from ssast.config import AudioConfig, ModelConfig  # noqa: E402
-from ssast.export import export_checkpoint  # noqa: E402
-from ssast.export.onnx import INPUT, OUTPUT, onnx_metadata  # noqa: E402
-from ssast.inference import predict_files  # noqa: E402
+from ssast.serve.export import export_checkpoint  # noqa: E402
+from ssast.serve.export.onnx import INPUT, OUTPUT, onnx_metadata  # noqa: E402
+from ssast.serve.inference import predict_files  # noqa: E402
 from ssast.models.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
 from ssast.models.classifier import SSASTClassifier  # noqa: E402
 from ssast.models.pretrain import SSASTPretrainModel  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 
 from ssast.config import load_config
 from ssast.data.loader import build_loader, held_out_paths
-from ssast.demo import make_corpus
+from ssast.demo.run import make_corpus
 from ssast.train.engine import train
 
 TINY = ["model.size=custom", "model.dim=32", "model.depth=1", "model.heads=2", "audio.target_length=64",
@@ -54,7 +54,7 @@ def test_plateau_checks_validation_masked_accuracy(corpus, tmp_path, capsys):
     sched = read_state(run / "last")["schedule"]
     assert sched["plateau_scale"] < 1.0
     # the validation curve is in TensorBoard
-    from ssast.compare import read_scalars
+    from ssast.evaluate.compare import read_scalars
 
     scalars = read_scalars(run)
     assert "valid/accuracy" in scalars and len(scalars["valid/accuracy"]) == 6

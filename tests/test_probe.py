@@ -16,8 +16,8 @@ import torch
 from ssast.cli import main
 from ssast.config import ConfigError, load_config
 from ssast.models.checkpoint import load_state
-from ssast.probe import Embeddings, TrainingProbe, evaluate_embeddings, format_probe_table
-from ssast.probe_classifiers import held_out_part, knn_scores
+from ssast.evaluate.probe import Embeddings, TrainingProbe, evaluate_embeddings, format_probe_table
+from ssast.evaluate.probe_classifiers import held_out_part, knn_scores
 from ssast.train.engine import train
 from ssast.train.runtime import rng_state, setup_runtime
 
@@ -97,7 +97,7 @@ def test_trained_encoder_beats_random_and_second_probe_reads_the_cache(bands, fi
     def no_embedding(*args, **kwargs):
         raise AssertionError("embedded although the cache holds these embeddings")
 
-    monkeypatch.setattr("ssast.probe.embed_loader", no_embedding)
+    monkeypatch.setattr("ssast.evaluate.probe.embed_loader", no_embedding)
     code, out, err = run_cli(capsys, "probe", finetuned, *TINY, *data, "--out", tmp_path / "again",
                              "--cache", cache)
     assert code == 0, err
@@ -166,17 +166,18 @@ def pretraining(bands, tmp_path_factory):
               f"data.train=[{root / 'train.json'}]"]
     plain = train(load_config(None, [*common, f"train.run_dir={out / 'plain'}"]))
     mp = pytest.MonkeyPatch()
-    import ssast.probe
+    import ssast.evaluate.probe
 
-    real = ssast.probe.evaluate_embeddings
+    real = ssast.evaluate.probe.evaluate_embeddings
 
     def drawing(*args, **kwargs):
         random.random(), np.random.rand(), torch.rand(3)
         return real(*args, **kwargs)
 
-    mp.setattr(ssast.probe, "evaluate_embeddings", drawing)
+    mp.setattr(ssast.evaluate.probe, "evaluate_embeddings", drawing)
     try:
-        probed = train(load_config(None, [*common, *lists, "train.probe_every=3", f"train.run_dir={out / 'probed'}"]))
+        probed = train(load_config(None, [*common, *lists, "train.probe_every=3", f"train.run_dir={out / 'probed'}"]),
+                       probe=TrainingProbe)
     finally:
         mp.undo()
     return out, plain, probed
@@ -193,7 +194,7 @@ def test_probing_leaves_pretraining_exactly_as_it_is_and_is_logged(pretraining):
     assert all(0.0 <= h["linear_acc"] <= 1.0 and len(h["linear_by_layer"]) == 3 for h in probes), probes
     saved = json.loads((out / "probed" / "metrics.json").read_text())
     assert [h["step"] for h in saved["history"] if h["split"] == "probe"] == [3, 6]
-    from ssast.compare import read_scalars
+    from ssast.evaluate.compare import read_scalars
 
     s = read_scalars(out / "probed")
     for tag in ("probe/linear_acc", "probe/knn_acc", "probe/best_layer_acc", "probe/weighted_acc", "probe/seconds"):
@@ -208,10 +209,10 @@ def test_training_probe_restores_random_state_and_train_mode(bands, monkeypatch)
                              f"data.label_csv={root / 'labels.csv'}", "train.probe_every=1", "train.steps=1"])
     from ssast.audio.features import FeatureExtractor
     from ssast.models.pretrain import build_pretrain_model
-    import ssast.probe
+    import ssast.evaluate.probe
 
-    real = ssast.probe.evaluate_embeddings
-    monkeypatch.setattr(ssast.probe, "evaluate_embeddings",
+    real = ssast.evaluate.probe.evaluate_embeddings
+    monkeypatch.setattr(ssast.evaluate.probe, "evaluate_embeddings",
                         lambda *a, **k: (random.random(), np.random.rand(), torch.rand(3), real(*a, **k))[-1])
     model = build_pretrain_model(cfg.model).train()
     features = FeatureExtractor(cfg.audio, cfg.augment)
@@ -226,8 +227,8 @@ def test_training_probe_restores_random_state_and_train_mode(bands, monkeypatch)
 
 
 def test_compare_shows_probe_columns_and_curves(pretraining, finetuned, bands, tmp_path):
-    from ssast.compare import compare_runs
-    from ssast.probe import probe_checkpoint
+    from ssast.evaluate.compare import compare_runs
+    from ssast.evaluate.probe import probe_checkpoint
 
     out, _, _ = pretraining
     root, data = bands

@@ -21,7 +21,7 @@ import torch
 
 from conftest import make_wav
 from ssast.cli import main
-from ssast.demo import make_corpus
+from ssast.demo.run import make_corpus
 from ssast.models.checkpoint import load_state
 from ssast.train import checkpoints as ck
 from ssast.train.state_io import read_state

@@ -14,7 +14,7 @@ import yaml
 from conftest import make_wav
 from ssast.cli import main
 from ssast.config import apply_overrides
-from ssast.demo import make_corpus
+from ssast.demo.run import make_corpus
 from test_cli import TINY, run
 
 PRETRAIN = [*TINY, "model.mask_patch=0.5"]  # the TINY grid has 8x4 = 32 tokens
@@ -183,15 +183,16 @@ def finetuned(corpus, tmp_path_factory):
 @pytest.fixture
 def no_work(monkeypatch):
     """Make every command's real work fail loudly, so a passing test shows the check came first."""
-    import ssast.compare
     import ssast.data.shard_writer
-    import ssast.inference
+    import ssast.evaluate.compare
+    import ssast.evaluate.scoring
+    import ssast.serve.inference
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the command started its work before checking its output path")
 
-    for module, name in ((ssast.inference, "embed_files"), (ssast.inference, "evaluate_checkpoint"),
-                         (ssast.data.shard_writer, "prepare_shards"), (ssast.compare, "compare_runs")):
+    for module, name in ((ssast.serve.inference, "embed_files"), (ssast.evaluate.scoring, "evaluate_checkpoint"),
+                         (ssast.data.shard_writer, "prepare_shards"), (ssast.evaluate.compare, "compare_runs")):
         monkeypatch.setattr(module, name, forbidden)
 
 

@@ -1,4 +1,4 @@
-"""FLOP counting and the matmul peak (ssast.utilization), the basis of every benchmark row's fraction of peak."""
+"""FLOP counting and the matmul peak (ssast.evaluate.utilization), the basis of every benchmark row's fraction of peak."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ssast.models.attention import qkv_attention
-from ssast.utilization import count_flops, count_flops_by_op, fraction_of_peak, matmul_peak
+from ssast.evaluate.utilization import count_flops, count_flops_by_op, fraction_of_peak, matmul_peak
 
 
 def test_a_linear_training_step_counts_forward_and_both_gradients():

@@ -1,5 +1,5 @@
 """The layout of Hugging Face transformers' AST (``ASTForAudioClassification``, ``ASTModel``) and its conversion to and
-from ours: a pure converter of configs and tensors, without transformers (:mod:`ssast.export.hf` writes the folders).
+from ours: a pure converter of configs and tensors, without transformers (:mod:`ssast.serve.export.hf` writes the folders).
 
 A transformers AST is our classifier with ``pooling="cls"`` and two prefix tokens: it averages the cls and
 distillation outputs, then a LayerNorm + Linear head. Its patch embedding is the same one-channel conv over the

@@ -180,3 +180,14 @@ def resolve_resume(run_dir: Path) -> Path:
     if not ckpts:
         raise FileNotFoundError(f"--resume {run_dir}: the run has no complete checkpoint to resume from")
     return ckpts[-1]
+
+
+def model_meta(cfg: Config, kind: str, labels, step: int, epoch: int):
+    """The typed checkpoint metadata (:class:`ssast.models.checkpoint.CheckpointMeta`) of a run's model now."""
+    from ssast.models.checkpoint import CheckpointMeta
+
+    return CheckpointMeta(
+        kind=kind, model=cfg.model, audio=cfg.audio, multilabel=cfg.data.multilabel, step=step, epoch=epoch,
+        task=cfg.task, labels=list(labels.names) if labels is not None else None,
+        label_ids=list(labels.ids) if labels is not None else None)
+

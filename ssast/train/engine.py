@@ -20,11 +20,12 @@ from safetensors import SafetensorError
 from torch import nn
 
 from ssast.atomic import atomic_write_text
-from ssast.config import Config, dump_config
-from ssast.evaluation import load_label_set
+from ssast.config import Config, ConfigError, dump_config
+from ssast.train.scoring import load_label_set
 from ssast.train import checkpoints as ck
 from ssast.train.logging import Board, Progress
 from ssast.train.optim import LRSchedule, build_optimizer
+from ssast.train.batches import training_inputs
 from ssast.train.state_io import read_state, write_state
 from ssast.train.tasks import build_task
 from ssast.train.runtime import (
@@ -49,7 +50,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, *, resume: str | None = None, stream=None):
+    def __init__(self, cfg: Config, *, resume: str | None = None, stream=None, probe=None):
+        if cfg.train.probe_every and probe is None:
+            raise ConfigError("train.probe_every: this caller gives no probe; run `ssast pretrain`, or pass "
+                              "probe=ssast.evaluate.probe.TrainingProbe to train()", ["train.probe_every"])
+        self.make_probe = probe
         if resume:  # a resume writes only into the directory it resumes, whatever the config says
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=str(resume)))
         self.cfg = cfg
@@ -75,7 +80,7 @@ class Trainer:
 
         cfg, rt = self.cfg, self.rt
         self.labels = load_label_set(cfg)
-        self.task = build_task(cfg, rt, self.labels)
+        self.task = build_task(cfg, rt, self.labels, self.make_probe)
 
         self.train_loader = build_loader(cfg, "train", labels=self.labels, rank=rt.rank, world_size=rt.world_size)
         self.held_out = holdout_fraction(cfg)  # pretraining validation taken from the training sources
@@ -141,27 +146,7 @@ class Trainer:
         return self.features(wave, num_frames, train=train, generator=self.gen if train else None, mix=mix)
 
     def _prepare_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Waveforms -> normalised (augmented) fbanks on the training device; batch-level mixup when configured."""
-        aug = self.cfg.augment
-        labels = batch.get("labels")
-        if labels is not None:
-            labels = labels.to(self.rt.device, non_blocking=True)
-        if aug.mixup > 0 and aug.mixup_partner == "batch" and batch["wave"].shape[0] > 1:
-            from ssast.audio.augment import mix_labels, mix_waves, sample_mixup
-
-            lam, partner, _ = sample_mixup(batch["wave"].shape[0], aug.mixup, aug.mixup_alpha, generator=self.gen,
-                                           device=self.rt.device)
-            if aug.mixup_domain == "wave":
-                wave = batch["wave"].to(self.rt.device)
-                nf = batch["num_frames"].to(self.rt.device)
-                wave, nf = mix_waves(wave, nf, lam, partner)
-                feats = self.feature_fn({"wave": wave, "num_frames": nf}, train=True)
-            else:
-                feats = self.feature_fn(batch, train=True, mix=(lam, partner))  # mixed before SpecAugment
-            if labels is not None:
-                labels = mix_labels(labels, lam, partner)
-            return feats, labels
-        return self.feature_fn(batch, train=True), labels
+        return training_inputs(batch, self.feature_fn, self.cfg.augment, self.gen, self.rt.device)
 
     # -- state ---------------------------------------------------------------------------------------------------
     def _trainer_state(self) -> dict:
@@ -198,21 +183,7 @@ class Trainer:
         self._restored_rng = st["rng"]  # applied when the loop starts, after everything set-up may draw
 
     def _model_meta(self):
-        """The typed checkpoint metadata (ssast.models.checkpoint.CheckpointMeta) of the model as it is now."""
-        from ssast.models.checkpoint import CheckpointMeta
-
-        labels = self.labels
-        return CheckpointMeta(
-            kind=self.task.kind,
-            model=self.cfg.model,
-            labels=list(labels.names) if labels is not None else None,
-            label_ids=list(labels.ids) if labels is not None else None,
-            audio=self.cfg.audio,
-            multilabel=self.cfg.data.multilabel,
-            step=self.step,
-            epoch=self.epoch,
-            task=self.cfg.task,
-        )
+        return ck.model_meta(self.cfg, self.task.kind, self.labels, self.step, self.epoch)
 
     def save(self) -> Path | None:
         """Write checkpoints/step-N (model + trainer state, one atomic folder), move `last`, prune old ones.
@@ -461,9 +432,12 @@ class Trainer:
         return result
 
 
-def train(cfg: Config, *, resume: str | None = None, stream=None) -> dict:
+def train(cfg: Config, *, resume: str | None = None, stream=None, probe=None) -> dict:
     """Run one pretraining or fine-tuning job described by ``cfg``; returns the final metrics.
 
-    With ``resume`` (a run directory) the run continues there, whatever ``cfg.train.run_dir`` says."""
-    trainer = Trainer(cfg, resume=resume, stream=stream)
+    With ``resume`` (a run directory) the run continues there, whatever ``cfg.train.run_dir`` says. ``probe(cfg)``
+    builds the frozen-encoder probe that ``train.probe_every`` runs (``record(encoder, feature_fn, rt)`` gives the
+    scalars to log and the per-layer scores); the callers above ``train`` pass
+    :class:`ssast.evaluate.probe.TrainingProbe`."""
+    trainer = Trainer(cfg, resume=resume, stream=stream, probe=probe)
     return trainer.fit()

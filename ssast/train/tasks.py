@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssast.config import Config, ConfigError
-from ssast.evaluation import predict_scores, uses_sigmoid, write_per_class_ap
-from ssast.metrics import classification_metrics
+from ssast.train.scoring import predict_scores, uses_sigmoid, write_per_class_ap
+from ssast.train.metrics import classification_metrics
 from ssast.train.logging import reconstruction_figure
 from ssast.train.runtime import Runtime
 
@@ -30,9 +30,10 @@ class PretrainTask:
     kind = "pretrain"  # the checkpoint kind
     monitor = "accuracy"  # masked-patch accuracy, for the plateau schedule
 
-    def __init__(self, cfg: Config, rt: Runtime, labels):
+    def __init__(self, cfg: Config, rt: Runtime, labels, make_probe=None):
         self.cfg, self.rt = cfg, rt
         self.fixed_clip = None  # the clip of the reconstruction images
+        self.make_probe = make_probe  # from the caller: train knows nothing of how an encoder is probed
         self.prober = None  # the frozen-encoder probe (train.probe_every), built before training starts
 
     @property
@@ -81,9 +82,7 @@ class PretrainTask:
     # -- hooks ---------------------------------------------------------------------------------------------------
     def before_training(self, tr) -> None:
         if self.cfg.train.probe_every and tr.rt.is_main:
-            from ssast.probe import TrainingProbe
-
-            self.prober = TrainingProbe(self.cfg)  # now, so a missing list or label stops the run before it starts
+            self.prober = self.make_probe(self.cfg)  # now, so a missing list or label stops the run before it starts
         if self.cfg.train.image_every and tr.rt.is_main:
             # one fixed clip for the reconstruction images, taken before training starts
             source = tr.valid_loader or tr.train_loader
@@ -108,15 +107,10 @@ class PretrainTask:
         """Linear probe and k-NN of the current encoder on data.probe_train/probe_test (rank 0; the others wait),
         logged under probe/ in TensorBoard and into the history (metrics.json). Draws no random number."""
         if tr.rt.is_main:
-            from ssast.probe import probe_scalars
-
             model = tr.ema.module if tr.ema else tr.model
-            result = self.prober.run(model.encoder, tr.feature_fn, tr.rt)
-            scalars = {**probe_scalars(result), "seconds": result["seconds"]}
+            scalars, extras = self.prober.record(model.encoder, tr.feature_fn, tr.rt)
             tr.board.scalars("probe", scalars, tr.step)
-            tr.history.append({"step": tr.step, "epoch": tr.epoch, "split": "probe", **scalars,
-                               "linear_by_layer": [r["linear"] for r in result["layers"]],
-                               "knn_by_layer": [r["knn"] for r in result["layers"]]})
+            tr.history.append({"step": tr.step, "epoch": tr.epoch, "split": "probe", **scalars, **extras})
             tr.progress.message(f"probe @ step {tr.step}: " + " ".join(
                 f"{k} {v:.4g}" for k, v in scalars.items()))
         if tr.rt.distributed:
@@ -273,5 +267,6 @@ def _from_rank0(value: float, rt: Runtime) -> float:
     return float(t.item())
 
 
-def build_task(cfg: Config, rt: Runtime, labels):
-    return PretrainTask(cfg, rt, labels) if cfg.task == "pretrain" else FinetuneTask(cfg, rt, labels)
+def build_task(cfg: Config, rt: Runtime, labels, make_probe=None):
+    """``make_probe(cfg)`` builds the probe of ``train.probe_every`` (see :func:`ssast.train.engine.train`)."""
+    return PretrainTask(cfg, rt, labels, make_probe) if cfg.task == "pretrain" else FinetuneTask(cfg, rt, labels)

@@ -7,7 +7,7 @@ mean-pooling the patch (or frame) tokens, prefix tokens left out, as fine-tuning
 - layer i (1..L): the output of block i; the last one after the encoder's final LayerNorm, i.e. exactly the tokens
   that fine-tuning's mean pooling reads.
 
-On these embeddings :mod:`ssast.probe_classifiers` fits the linear probe and the k-NN per layer and the learned
+On these embeddings :mod:`ssast.evaluate.probe_classifiers` fits the linear probe and the k-NN per layer and the learned
 weighted sum of all layers (SUPERB style), with their hyper-parameters chosen on a validation split (or, without one,
 on a fixed part of the training list held out by a hash of the clip keys), and scores them on the test split (or on
 validation when there is no test split, the selection then using the held-out part of train).
@@ -96,7 +96,7 @@ def embed_loader(encoder, loader, feature_fn: Callable[[dict], Tensor], autocast
 def evaluate_embeddings(train: Embeddings, valid: Optional[Embeddings], test: Embeddings, multilabel: bool,
                         device: torch.device | str = "cpu") -> dict:
     """The probe's numbers: per layer linear and k-NN, the layer mix, the best layer; see probe_classifiers."""
-    from ssast.probe_classifiers import Split, held_out_part, probe_layers, probe_metric
+    from ssast.evaluate.probe_classifiers import Split, held_out_part, probe_layers, probe_metric
 
     def split(e: Embeddings) -> Split:
         return Split(torch.from_numpy(e.emb).float().to(device), torch.from_numpy(e.labels).float().to(device))
@@ -276,7 +276,7 @@ def load_probe_encoder(ckpt: str, cfg: Config, device: torch.device):
             encoder = build_encoder(cfg.model)
         return encoder.to(device).eval(), dataclasses.replace(cfg.audio, crop="start"), \
             f"random initialisation (train.seed={cfg.train.seed})"
-    from ssast.inference import audio_config_of, load_for_inference
+    from ssast.serve.inference import audio_config_of, load_for_inference
 
     model, meta = load_for_inference(ckpt, device, need_head=False)
     return model.encoder, audio_config_of(meta), f"{meta.kind} checkpoint {ckpt}"
@@ -359,6 +359,13 @@ class TrainingProbe:
             set_rng_state(state)
         result["seconds"] = time.time() - t0
         return result
+
+    def record(self, encoder, feature_fn: Callable[[dict, bool], Tensor], rt) -> tuple[dict[str, float], dict]:
+        """What a pretraining run logs of one probe: (scalars for TensorBoard and the history, per-layer scores)."""
+        result = self.run(encoder, feature_fn, rt)
+        return ({**probe_scalars(result), "seconds": result["seconds"]},
+                {"linear_by_layer": [r["linear"] for r in result["layers"]],
+                 "knn_by_layer": [r["knn"] for r in result["layers"]]})
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Scoring classifiers on labelled clips: the run's label set, per-clip probabilities, and the per-class AP table.
 
-Shared by the training engine (validation and final test) and by ``ssast evaluate`` (:mod:`ssast.inference`), which
+Shared by the training engine (validation and final test) and by ``ssast evaluate`` (:mod:`ssast.serve.inference`), which
 therefore needs nothing from the training engine.
 """
 from __future__ import annotations

@@ -12,9 +12,9 @@ import json
 import time
 from pathlib import Path
 
-from ssast.synthetic import make_corpus
+from ssast.demo.synthetic import make_corpus
 
-DEMO_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
+DEMO_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 # The demo's encoders (also the label-efficiency study's): pretraining overrides by name
 PRETRAIN_SHAPES = {
     "patch": ["model.fshape=16", "model.tshape=16"],
@@ -40,8 +40,9 @@ def _config(name: str, overrides: list[str]):
 
 def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
     """Make the corpus, pretrain patch/frame/visible models, fine-tune them and a scratch baseline; print a table."""
-    from ssast.compare import format_table, plot_probe_comparison, read_scalars
-    from ssast.label_efficiency import efficiency_table, plot_efficiency
+    from ssast.evaluate.compare import format_table, plot_probe_comparison, read_scalars
+    from ssast.evaluate.label_efficiency import efficiency_table, plot_efficiency
+    from ssast.evaluate.probe import TrainingProbe
     from ssast.train.engine import train
 
     out = Path(out)
@@ -67,7 +68,7 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
         cfg = _config("pretrain", shape + probe + [f"data.train=[{corpus.pool}]", *pre_len,
                                                    f"train.run_dir={out / ('pretrain-' + name)}"])
         t0 = time.time()
-        result = train(cfg)
+        result = train(cfg, probe=TrainingProbe)
         probes.while_pretraining += sum(h["seconds"] for h in result["history"] if h["split"] == "probe")
         rows.append({"model": name, "pretrain_s": round(time.time() - t0, 1),
                      "masked_acc": _last(out / f"pretrain-{name}", "train/accuracy"),
@@ -130,7 +131,7 @@ class Probes:
 
     def run(self, name: str, ckpt: str, cfg, run_dir: Path) -> dict:
         """The table's probe columns of one encoder."""
-        from ssast.probe import probe_checkpoint
+        from ssast.evaluate.probe import probe_checkpoint
 
         t0 = time.time()
         result = self.results[name] = probe_checkpoint(ckpt, cfg, run_dir / "probe", cache_dir=self.cache)
@@ -141,7 +142,7 @@ class Probes:
 
 
 def _last(run_dir: Path, tag: str):
-    from ssast.compare import read_scalars
+    from ssast.evaluate.compare import read_scalars
 
     s = read_scalars(run_dir).get(tag)
     return round(s[-1][1], 4) if s else "-"

@@ -18,7 +18,7 @@ import safetensors.torch
 
 from ssast.atomic import atomic_write_dir
 from ssast.config import AudioConfig
-from ssast.inference import audio_config_of
+from ssast.serve.inference import audio_config_of
 from ssast.models.checkpoint import META, CheckpointMeta, checkpoint_dir, read_checkpoint_meta, save_checkpoint
 from ssast.models.hf_ast import FEATURE_DEFAULTS, PREPROCESSOR, is_hf_folder, labels_from_hf, load_hf_folder, ours_to_hf
 from ssast.models.classifier import load_state_strict
@@ -72,7 +72,7 @@ def export_hf(ckpt: str | Path, out: str | Path) -> Path:
     names the checkpoint's. Models transformers' AST cannot express are refused in one line
     (:func:`export_problems`); an existing ``out`` is replaced only if it is an earlier export or empty.
     """
-    from ssast.export import require_extra  # the package imports this module: a late import, no cycle
+    from ssast.serve.export import require_extra  # the package imports this module: a late import, no cycle
 
     target = writable_target(out, is_hf_folder, "a transformers AST folder")
     d = checkpoint_dir(ckpt)

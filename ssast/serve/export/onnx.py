@@ -77,7 +77,7 @@ def export_onnx(ckpt: str | Path, out: str | Path) -> Path:
     import onnx
 
     from ssast.atomic import atomic_write
-    from ssast.inference import audio_config_of
+    from ssast.serve.inference import audio_config_of
     from ssast.models.checkpoint import read_checkpoint_meta
     from ssast.models.factory import load_pretrained
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ssast.config import ConfigError
-from ssast.export.hf import export_hf, import_hf
+from ssast.serve.export.hf import export_hf, import_hf
 
 FORMATS = ("hf", "onnx")
 
@@ -29,7 +29,7 @@ def export_checkpoint(ckpt: str, out: str, fmt: str, **options) -> Path:
     if fmt == "onnx":
         for module in ("onnx", "onnxscript"):
             require_extra(module, "onnx")
-        from ssast.export.onnx import export_onnx
+        from ssast.serve.export.onnx import export_onnx
 
         return export_onnx(ckpt, out, **options)
     raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")

@@ -39,7 +39,7 @@ def probe_metric(multilabel: bool) -> str:
 
 def score(scores: np.ndarray, targets: np.ndarray, multilabel: bool) -> float:
     """Accuracy (arg-max against arg-max) or mAP over classes with positives and negatives."""
-    from ssast.metrics import accuracy, multilabel_metrics
+    from ssast.train.metrics import accuracy, multilabel_metrics
 
     if multilabel:
         return float(multilabel_metrics(scores, targets)["mAP"])
