@@ -23,6 +23,7 @@ def _load_run():
 
 
 bench = _load_run()
+from speed import plan, profiling, rows  # noqa: E402  (the suite's modules, on the path run.py sets)
 
 QUICK_ROWS = ["pretrain-authors", "pretrain-onepass", "pretrain-visible", "finetune-step", "inference", "inference-onnx",
               "fbank", "loop"]
@@ -119,7 +120,7 @@ def test_plan_defaults_and_quick():
     assert [k for k in keys if k[0] == "fbank"] == [("fbank", "patch", "fp32")]
     assert ("pretrain-onepass", "frame", "bf16") in keys and ("pretrain-visible", "patch", "bf16") in keys
     assert {k[1] for k in keys if k[0] in ("finetune-step", "inference")} == {"patch"}
-    if bench.onnx_row_available(bench.torch.device("cpu")):  # ONNX Runtime runs fp32 only
+    if plan.onnx_row_available(bench.torch.device("cpu")):  # ONNX Runtime runs fp32 only
         assert [k for k in keys if k[0] == "inference-onnx"] == [("inference-onnx", "patch", "fp32")]
     named = bench.plan(bench.build_parser().parse_args(["inference-onnx", "inference", "--device", "cpu",
                                                          "--precision", "fp32", "bf16"]))
@@ -136,11 +137,11 @@ def test_plan_defaults_and_quick():
 
 def test_model_config_scales_the_mask_and_picks_the_path():
     spec = bench.Spec(row="pretrain-visible", tokens="frame", size="tiny", tdim=1024)
-    cfg = bench.model_config(spec)
+    cfg = rows.model_config(spec)
     assert (cfg.fshape, cfg.tshape) == (128, 2) and cfg.mask_patch == 400 and cfg.pretrain_encoder == "visible"
-    authors = bench.model_config(bench.Spec(row="pretrain-authors", size="tiny", tdim=512))
+    authors = rows.model_config(bench.Spec(row="pretrain-authors", size="tiny", tdim=512))
     assert authors.two_pass and authors.mask_patch == 200 and authors.pretrain_encoder == "all"
-    ft = bench.model_config(bench.Spec(row="finetune-step", size="tiny", tdim=1024), finetune=True)
+    ft = rows.model_config(bench.Spec(row="finetune-step", size="tiny", tdim=1024), finetune=True)
     assert (ft.fstride, ft.tstride) == (10, 10)
 
 
@@ -204,6 +205,6 @@ def test_profile_prints_the_top_ops():
     assert "linear layers" in categories and "| all |" in categories and 97 <= sum(shares) <= 103
     linear = next(line for line in categories.splitlines() if "linear layers" in line)
     assert float(linear.split("|")[4]) > 0  # the linear layers' GFLOP/s, from their counted FLOPs and self time
-    assert bench.op_category("aten::addmm").startswith("matrix")
-    assert bench.op_category("aten::_scaled_dot_product_flash_attention_for_cpu").startswith("attention")
-    assert bench.op_category("aten::copy_").startswith("dtype")
+    assert profiling.op_category("aten::addmm").startswith("matrix")
+    assert profiling.op_category("aten::_scaled_dot_product_flash_attention_for_cpu").startswith("attention")
+    assert profiling.op_category("aten::copy_").startswith("dtype")
