@@ -6,7 +6,8 @@
 
 Rows: pretrain-authors (two passes, two masks, fp32: the authors' behaviour), pretrain-onepass (one pass, one mask),
 pretrain-visible (encoder on visible tokens + 2-block decoder), finetune-step and inference (classifier, 16x16 stride
-10), inference-onnx (the same classifier exported to ONNX, run by ONNX Runtime on the CPU, fp32), fbank (batched Kaldi fbank of 10 s clips) and loop (the full Trainer pretraining loop on synthetic WebDataset
+10), inference-onnx (the same classifier exported to ONNX, run by ONNX Runtime on the CPU, fp32),
+inference-onnx-waveform (the same, exported with the fbank in the graph, fed the clips' 16 kHz samples), fbank (batched Kaldi fbank of 10 s clips) and loop (the full Trainer pretraining loop on synthetic WebDataset
 shards, against the bare step rate at the same settings). A step is forward + backward + fused Adam step on a fixed
 random batch. Every row runs in a fresh subprocess so that its peak memory (CUDA max allocated, or the CPU's peak
 resident set size) is its own. See benchmarks/README.md for the results table and the exact command lines.
@@ -26,7 +27,7 @@ for path in (HERE.parent, HERE):  # run as a script from a checkout: the package
 
 import torch  # noqa: E402
 
-from speed.common import RESULT_MARK, ROWS, BenchmarkError, Spec  # noqa: E402
+from speed.common import ONNX_ROWS, RESULT_MARK, ROWS, BenchmarkError, Spec  # noqa: E402
 from speed.peaks import add_utilization, combine_peaks, measure_peaks, peak_lines, run_peaks_in_subprocess  # noqa: E402
 from speed.plan import build_parser, plan  # noqa: E402
 from speed.profiling import profile  # noqa: E402
@@ -37,7 +38,7 @@ from speed.rows import export_row_model  # noqa: E402
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.export_onnx:  # the inference-onnx row's export, in its own process
+    if args.export_onnx:  # an ONNX row's export, in its own process
         export_row_model(Spec(**json.loads(args.export_onnx[0])), args.export_onnx[1])
         return 0
     if args.peak:  # the matmul peaks in this (fresh) process
@@ -64,7 +65,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BenchmarkError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    precisions = sorted({"fp32" if s.row in ("pretrain-authors", "fbank", "inference-onnx") else s.precision
+    precisions = sorted({"fp32" if s.row in ("pretrain-authors", "fbank", *ONNX_ROWS) else s.precision
                          for s in specs})
     print(f"matmul peak ({', '.join(precisions)}) ...", end=" ", flush=True, file=sys.stderr)
     peaks_before = run_peaks_in_subprocess(precisions, args)

@@ -182,10 +182,15 @@ def cmd_import(args) -> int:
 
 def cmd_export(args) -> int:
     from ssast.atomic import check_output
+    from ssast.config import ConfigError
     from ssast.serve.export import export_checkpoint
 
     check_output(args.out, folder=args.format == "hf", what="output")
-    written = export_checkpoint(args.checkpoint, args.out, args.format)
+    options = {"input": args.input, "output": args.output, "tokens": args.tokens} if args.format == "onnx" else {}
+    if args.format == "hf" and (args.input, args.output, args.tokens) != ("fbank", "logits", False):
+        raise ConfigError("--input/--output/--tokens choose what an ONNX graph takes and gives; a transformers folder "
+                          "is the model as transformers builds it (a pretraining checkpoint exports as ASTModel)")
+    written = export_checkpoint(args.checkpoint, args.out, args.format, **options)
     print(f"exported {args.checkpoint} -> {written} ({args.format})")
     return 0
 
@@ -316,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("out", help="a folder (hf) or a .onnx file (onnx)")
     p.add_argument("--format", choices=["hf", "onnx"], required=True)
+    p.add_argument("--input", choices=["fbank", "waveform"], default="fbank",
+                   help="onnx: the normalised fbank (default), or 16 kHz waveforms + lengths with the fbank in the graph")
+    p.add_argument("--output", choices=["logits", "embeddings"], default="logits",
+                   help="onnx: a classifier's logits (default), or the clip embedding of ssast embed (any checkpoint)")
+    p.add_argument("--tokens", action="store_true", help="onnx --output embeddings: also the token embeddings")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("probe", help="frozen-encoder linear probe and k-NN per layer of a checkpoint",

@@ -26,7 +26,7 @@ bench = _load_run()
 from speed import plan, profiling, rows  # noqa: E402  (the suite's modules, on the path run.py sets)
 
 QUICK_ROWS = ["pretrain-authors", "pretrain-onepass", "pretrain-visible", "finetune-step", "inference", "inference-onnx",
-              "fbank", "loop"]
+              "inference-onnx-waveform", "fbank", "loop"]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,10 @@ def test_quick_run_ratios_and_shapes(quick_records):
     assert onnx["runtime"].startswith("onnxruntime ") and onnx["precision"] == "fp32" and onnx["batch"] == 2
     assert onnx["num_tokens"] == by_name["inference"]["num_tokens"] and onnx["onnx_mb"] > 0
     assert onnx["ratio_to_torch"] == pytest.approx(onnx["clips_per_s"] / by_name["inference"]["clips_per_s"])
+    wave = by_name["inference-onnx-waveform"]  # the same model with the fbank in the graph, beside the fbank-in one
+    assert wave["runtime"].startswith("onnxruntime ") and wave["precision"] == "fp32" and wave["batch"] == 2
+    assert wave["ratio_to_fbank_onnx"] == pytest.approx(wave["clips_per_s"] / onnx["clips_per_s"])
+    assert wave["ratio_to_torch"] is None and onnx["ratio_to_fbank_onnx"] is None
 
 
 def test_quick_run_counts_flops_and_the_fraction_of_the_measured_peak(quick_records):
@@ -101,6 +105,9 @@ def test_quick_run_counts_flops_and_the_fraction_of_the_measured_peak(quick_reco
     assert flops["pretrain-visible"] < 0.6 * flops["pretrain-onepass"]  # 14 of 64 tokens through the encoder
     assert flops["loop"] == flops["pretrain-onepass"]
     assert flops["inference-onnx"] == flops["inference"]  # the same model
+    # plus the front end's DFT and mel products: 2 x 2 x 400 x 257 + 2 x 257 x 128 per frame, 128 frames
+    front = 128 * (2 * 400 * 514 + 2 * 257 * 128)
+    assert flops["inference-onnx-waveform"] == pytest.approx(flops["inference"] + front, rel=1e-3)
     # a training step: the forward's products once more for input gradients and once for weight gradients
     assert 2.9 * flops["inference"] < flops["finetune-step"] < 3.3 * flops["inference"]
     assert all(r["first_call_s"] > 0 for r in quick_records if r["name"] not in ("loop",))
@@ -121,13 +128,14 @@ def test_plan_defaults_and_quick():
     assert ("pretrain-onepass", "frame", "bf16") in keys and ("pretrain-visible", "patch", "bf16") in keys
     assert {k[1] for k in keys if k[0] in ("finetune-step", "inference")} == {"patch"}
     if plan.onnx_row_available(bench.torch.device("cpu")):  # ONNX Runtime runs fp32 only
-        assert [k for k in keys if k[0] == "inference-onnx"] == [("inference-onnx", "patch", "fp32")]
+        assert [k for k in keys if k[0].startswith("inference-onnx")] == [
+            ("inference-onnx", "patch", "fp32"), ("inference-onnx-waveform", "patch", "fp32")]
     named = bench.plan(bench.build_parser().parse_args(["inference-onnx", "inference", "--device", "cpu",
                                                          "--precision", "fp32", "bf16"]))
     assert [(s.row, s.precision) for s in named] == [("inference", "fp32"), ("inference", "bf16"),
                                                      ("inference-onnx", "fp32")]
     gpu = bench.plan(bench.build_parser().parse_args(["--quick", "--device", "cuda"]))
-    assert "inference-onnx" not in {s.row for s in gpu}  # left out of a GPU run unless named
+    assert not {"inference-onnx", "inference-onnx-waveform"} & {s.row for s in gpu}  # left out of a GPU run unless named
     assert [s.row for s in specs] == sorted((s.row for s in specs), key=bench.ROWS.index)  # table order
     s = specs[0]
     assert (s.size, s.tdim, s.batch, s.repeats, s.warmup) == ("tiny", 128, 2, 2, 1)

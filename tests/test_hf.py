@@ -250,11 +250,39 @@ def test_export_refuses_what_ast_cannot_run(tmp_path, capsys, changes, words):
     assert not (tmp_path / "hf").exists()
 
 
-def test_export_refuses_a_pretraining_checkpoint(tmp_path, capsys):
+def test_pretraining_checkpoint_exports_as_ast_model(tmp_path, wavs):
+    """A pretraining checkpoint becomes transformers' ASTModel, whose hidden states after the two prefix tokens are
+    `ssast embed --tokens` (first window of each clip, 1e-4), on our features of clips shorter and longer than it."""
+    from ssast.audio.fbank import max_samples
+    from ssast.audio.features import FeatureExtractor
+    from ssast.audio.io import load_audio
+    from ssast.config import AugmentConfig
+    from ssast.data.dataset import collate
+
     cfg = ModelConfig(**{**TINY, "fstride": 16, "tstride": 16, "pooling": "mean"}, mask_patch=4)
+    model = SSASTPretrainModel(cfg)
+    spread(model, seed=3)
+    ckpt = save_checkpoint(tmp_path / "pt", model, CheckpointMeta("pretrain", cfg, audio=AUDIO))
+    out = export_hf(ckpt, tmp_path / "hf")
+    base = transformers.AutoModel.from_pretrained(out).eval()
+    assert type(base).__name__ == "ASTModel" and json.loads((out / "config.json").read_text())["architectures"] == [
+        "ASTModel"]
+    decoded = [load_audio(w, max_samples=max_samples(AUDIO.target_length)) for w in wavs]
+    batch = collate([{"wave": d, "labels": None, "key": str(w)} for d, w in zip(decoded, wavs)])
+    x = FeatureExtractor(AUDIO, AugmentConfig())(batch["wave"], batch["num_frames"], train=False)
+    with torch.no_grad():
+        hidden = base(input_values=x).last_hidden_state[:, 2:].numpy()
+    written = embed_files(str(ckpt), [str(w) for w in wavs], str(tmp_path / "emb"), tokens=True, timestamps=True,
+                          precision="fp32")
+    for theirs, npz in zip(hidden, written):
+        np.testing.assert_allclose(theirs, np.load(npz)["embeddings"][0], atol=1e-4)
+
+
+def test_export_refuses_a_pretraining_checkpoint_ast_cannot_run(tmp_path, capsys):
+    cfg = ModelConfig(**{**TINY, "fshape": 128, "tshape": 2, "fstride": 128, "tstride": 2}, mask_patch=4)
     ckpt = save_checkpoint(tmp_path / "pt", SSASTPretrainModel(cfg), CheckpointMeta("pretrain", cfg))
     line = one_line_error(capsys, "export", ckpt, tmp_path / "hf", "--format", "hf")
-    assert "pretraining checkpoint" in line and "fine-tune it first" in line
+    assert "128x2 frames are not square" in line and "--format onnx --output embeddings" in line
     assert not (tmp_path / "hf").exists()
 
 

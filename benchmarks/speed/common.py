@@ -23,10 +23,12 @@ ROWS = (
     "finetune-step",
     "inference",
     "inference-onnx",
+    "inference-onnx-waveform",
     "fbank",
     "loop",
 )
 PRETRAIN_ROWS = ROWS[:3]
+ONNX_ROWS = ("inference-onnx", "inference-onnx-waveform")  # ONNX Runtime on the CPU, fp32 only
 TOKEN_SHAPES = {"patch": (16, 16), "frame": (128, 2)}
 MASK_FRACTION = 400 / 512  # the released "-400" models: 400 of 512 tokens at 1024 frames
 FINETUNE_STRIDE = 10  # 16x16 patches with stride 10: 12 x 101 = 1212 tokens at 1024 frames

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import torch
 
-from speed.common import PRETRAIN_ROWS, ROWS, BenchmarkError, Spec
+from speed.common import ONNX_ROWS, PRETRAIN_ROWS, ROWS, BenchmarkError, Spec
 
 
 def default_precisions(device: torch.device) -> list[str]:
@@ -67,10 +67,10 @@ def plan(args: argparse.Namespace) -> list[Spec]:
         if row == "fbank":
             specs.append(replace(base, row=row, tokens="patch", precision="fp32"))
             continue
-        if row == "inference-onnx" and row not in (args.rows or []) and not onnx_row_available(device):
+        if row in ONNX_ROWS and row not in (args.rows or []) and not onnx_row_available(device):
             continue  # not asked for by name: left out where it cannot run (a GPU run, or no onnxruntime)
         row_tokens = tokens if row in PRETRAIN_ROWS or row == "loop" else ["patch"]
-        row_precisions = ["fp32"] if row in ("pretrain-authors", "inference-onnx") else precisions
+        row_precisions = ["fp32"] if row in ("pretrain-authors", *ONNX_ROWS) else precisions
         for t in row_tokens:
             for p in row_precisions:
                 specs.append(replace(base, row=row, tokens=t, precision=p))
@@ -78,7 +78,7 @@ def plan(args: argparse.Namespace) -> list[Spec]:
 
 
 def onnx_row_available(device: torch.device) -> bool:
-    """Whether the inference-onnx row can run: a CPU run with onnxruntime, onnx and onnxscript installed."""
+    """Whether the ONNX rows can run: a CPU run with onnxruntime, onnx and onnxscript installed."""
     import importlib.util
 
     modules = ("onnxruntime", "onnx", "onnxscript")

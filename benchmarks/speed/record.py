@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from ssast.train.runtime import rss_peak_mb
-from speed.common import RESULT_MARK, ROOT, BenchmarkError, device_name, script_command, Spec
+from speed.common import ONNX_ROWS, RESULT_MARK, ROOT, BenchmarkError, device_name, script_command, Spec
 from speed.loop import measure_loop
 from speed.rows import clips_per_call, effective_precision, measure_step
 
@@ -55,7 +55,7 @@ def run_spec(spec: Spec) -> dict:
         "tdim": spec.tdim,
         "precision": precision,
         "requested_precision": spec.precision,
-        "compile": spec.compile and spec.row not in ("fbank", "inference-onnx"),
+        "compile": spec.compile and spec.row not in ("fbank", *ONNX_ROWS),
         "attention_backward": os.environ.get("SSAST_ATTENTION_BACKWARD", "matmul"),  # ssast.models.attention
         "device": device.type,
         "device_name": device_name(device),
@@ -78,6 +78,7 @@ def run_spec(spec: Spec) -> dict:
         "ratio_to_authors": None,
         "ratio_to_bare": None,
         "ratio_to_torch": None,
+        "ratio_to_fbank_onnx": None,
         "ratio_to_published": None,
         "note": note,
         **m.extra,

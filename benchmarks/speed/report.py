@@ -7,10 +7,13 @@ from speed.common import PRETRAIN_ROWS, PUBLISHED_H100
 
 def add_ratios(records: list[dict]) -> None:
     """Fill ratio_to_authors (pretraining rows vs (a) of the same tokens in this run), ratio_to_torch (ONNX Runtime
-    vs the torch fp32 inference row of this run) and ratio_to_published."""
+    vs the torch fp32 inference row of this run), ratio_to_fbank_onnx (the waveform-in export vs the fbank-in one)
+    and ratio_to_published."""
     authors = {r["tokens"]: r["clips_per_s"] for r in records if r["name"] == "pretrain-authors" and r["clips_per_s"]}
     torch_fp32 = next((r["clips_per_s"] for r in records
                        if r["name"] == "inference" and r.get("precision") == "fp32" and r.get("clips_per_s")), None)
+    fbank_onnx = next((r["clips_per_s"] for r in records if r["name"] == "inference-onnx" and r.get("clips_per_s")),
+                      None)
     for r in records:
         if not r.get("clips_per_s"):
             continue
@@ -18,6 +21,8 @@ def add_ratios(records: list[dict]) -> None:
             r["ratio_to_authors"] = r["clips_per_s"] / authors[r["tokens"]]
         if r["name"] == "inference-onnx" and torch_fp32:
             r["ratio_to_torch"] = r["clips_per_s"] / torch_fp32
+        if r["name"] == "inference-onnx-waveform" and fbank_onnx:
+            r["ratio_to_fbank_onnx"] = r["clips_per_s"] / fbank_onnx
         # The issue's H100 figures only compare at their own settings: Base, batch 24, 1024 frames, on a GPU.
         key = ("pretrain" if r["name"] in PRETRAIN_ROWS else r["name"], r["tokens"])
         if (r["device"] == "cuda" and key in PUBLISHED_H100 and r.get("size") == "base" and r["batch"] == 24
@@ -52,6 +57,8 @@ def markdown_table(records: list[dict]) -> str:
                 ratio = f"{r['ratio_to_authors']:.2f}x (a)"
             elif r.get("ratio_to_torch") is not None:
                 ratio = f"{r['ratio_to_torch']:.2f}x torch fp32"
+            elif r.get("ratio_to_fbank_onnx") is not None:
+                ratio = f"{r['ratio_to_fbank_onnx']:.2f}x the fbank-in export"
             if r.get("decoder_share") is not None:
                 dec = (f"decoder {100 * r['decoder_share']:.0f}% of the time, "
                        f"{100 * r['decoder_flops_per_clip'] / r['flops_per_clip']:.0f}% of the FLOPs")

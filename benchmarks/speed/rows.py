@@ -169,37 +169,54 @@ def inference_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype
     return make_step(torch.compile(model) if spec.compile else model), info
 
 
+def waveform_batch(spec: Spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed (batch, samples) batch of 16 kHz noise exactly as long as the model reads, and its lengths."""
+    from ssast.audio.fbank import max_samples
+
+    gen = torch.Generator().manual_seed(0)
+    n = max_samples(spec.tdim)
+    return 0.1 * torch.randn(spec.batch, n, generator=gen), torch.full((spec.batch,), n, dtype=torch.long)
+
+
 def export_row_model(spec: Spec, path: str) -> None:
     """Export the inference row's classifier (seed 0, as the row builds it) to ``path`` through ``ssast export``'s
-    code path: a checkpoint in a temp folder, then export_checkpoint."""
+    code path: a checkpoint in a temp folder, then export_checkpoint; the waveform row with the fbank in the graph."""
     from ssast.config import AudioConfig
     from ssast.serve.export import export_checkpoint
+    from ssast.serve.export.waveform import WaveformFrontEnd
     from ssast.models.checkpoint import CheckpointMeta, save_checkpoint
 
     torch.manual_seed(0)
     model = classifier(spec, torch.device("cpu")).eval()
-    x = random_fbank(spec, torch.device("cpu"))
+    audio = AudioConfig(target_length=spec.tdim)
+    waveform = spec.row == "inference-onnx-waveform"
     with torch.inference_mode():
-        flops = count_flops(lambda: model(x))
-    Path(path + ".flops").write_text(str(flops))  # the ONNX row's FLOPs: the same model's torch forward, fp32
+        if waveform:  # the graph's FLOPs: the front end's DFT and mel products, then the model
+            front, (wave, lengths) = WaveformFrontEnd(audio), waveform_batch(spec)
+            flops = count_flops(lambda: model(front(wave, lengths)))
+        else:
+            x = random_fbank(spec, torch.device("cpu"))
+            flops = count_flops(lambda: model(x))
+    Path(path + ".flops").write_text(str(flops))  # the ONNX row's FLOPs: the same computation in torch, fp32
     with tempfile.TemporaryDirectory(prefix="ssast-bench-") as tmp:
-        meta = CheckpointMeta(kind="classifier", model=model.cfg, audio=AudioConfig(target_length=spec.tdim))
+        meta = CheckpointMeta(kind="classifier", model=model.cfg, audio=audio)
         save_checkpoint(Path(tmp) / "ckpt", model, meta)
-        export_checkpoint(str(Path(tmp) / "ckpt"), path, "onnx")
+        export_checkpoint(str(Path(tmp) / "ckpt"), path, "onnx", input="waveform" if waveform else "fbank")
 
 
 def onnx_inference_step(spec: Spec, device: torch.device, dtype: Optional[torch.dtype]):
-    """(step function, info) for the inference row's model in ONNX Runtime (CPU provider, fp32, torch's thread count).
+    """(step function, info) for the inference row's model in ONNX Runtime (CPU provider, fp32, torch's thread count):
+    fed the normalised fbank, or (inference-onnx-waveform) the clips' samples with the fbank in the graph.
 
     The export runs in a child process, so this row's peak memory is ONNX Runtime's, not the exporter's.
     """
     if device.type != "cpu":
-        raise BenchmarkError("inference-onnx runs on ONNX Runtime's CPU provider: use --device cpu")
+        raise BenchmarkError(f"{spec.row} runs on ONNX Runtime's CPU provider: use --device cpu")
     try:
         import onnxruntime as ort
     except ImportError:
-        raise BenchmarkError("inference-onnx needs onnxruntime: pip install -e \".[onnx]\"") from None
-    from ssast.serve.export.onnx import INPUT
+        raise BenchmarkError(f"{spec.row} needs onnxruntime: pip install -e \".[onnx]\"") from None
+    from ssast.serve.export.onnx import INPUT, LENGTHS, WAVEFORM
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the torch rows' threads: a like-for-like comparison
@@ -213,12 +230,16 @@ def onnx_inference_step(spec: Spec, device: torch.device, dtype: Optional[torch.
         size_mb = os.path.getsize(path) / 2**20
         flops = int(Path(path + ".flops").read_text())
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    x = random_fbank(spec, torch.device("cpu")).numpy()
+    if spec.row == "inference-onnx-waveform":
+        wave, lengths = waveform_batch(spec)
+        feeds = {WAVEFORM: wave.numpy(), LENGTHS: lengths.numpy()}
+    else:
+        feeds = {INPUT: random_fbank(spec, torch.device("cpu")).numpy()}
     cfg = model_config(spec, finetune=True)
     tokens = grid_tokens(cfg)
 
     def step() -> None:
-        session.run(None, {INPUT: x})
+        session.run(None, feeds)
 
     return step, {"num_tokens": tokens, "runtime": f"onnxruntime {ort.__version__}", "export_s": round(export_s, 1),
                   "onnx_mb": round(size_mb, 1), "flops": flops}
@@ -255,6 +276,7 @@ STEP_BUILDERS = {
     "finetune-step": finetune_step,
     "inference": inference_step,
     "inference-onnx": onnx_inference_step,
+    "inference-onnx-waveform": onnx_inference_step,
     "fbank": fbank_step,
 }
 

@@ -225,9 +225,12 @@ def hf_to_ours(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     return out, has_head
 
 
-def ours_to_hf(state: Mapping[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
-    """Our two-prefix classifier's state dict -> ASTForAudioClassification's, in the file layout (contiguous copies)."""
-    emb = BASE + "embeddings."
+def ours_to_hf(state: Mapping[str, torch.Tensor], depth: int, head: bool = True) -> dict[str, torch.Tensor]:
+    """Our two-prefix classifier's state dict -> ASTForAudioClassification's, in the file layout (contiguous copies).
+
+    ``head=False``: the encoder alone, as ``ASTModel`` saves it (no base prefix, no classifier)."""
+    base = BASE if head else ""
+    emb = base + "embeddings."
     prefix = state["encoder.prefix_tokens"]
     out = {
         emb + "cls_token": prefix[:, :1],
@@ -235,10 +238,12 @@ def ours_to_hf(state: Mapping[str, torch.Tensor], depth: int) -> dict[str, torch
         emb + "position_embeddings": state["encoder.pos_embed"],
     }
     for ours, theirs in _TOP_NAMES:
+        if ours.startswith("head.") and not head:
+            continue
         for p in ("weight", "bias"):
-            out[f"{theirs}.{p}"] = state[f"{ours}.{p}"]
+            out[f"{theirs.removeprefix(BASE) if not head else theirs}.{p}"] = state[f"{ours}.{p}"]
     for i in range(depth):
-        layer = f"{BASE}encoder.layer.{i}."
+        layer = f"{base}encoder.layer.{i}."
         for p in ("weight", "bias"):
             for name, part in zip(_QKV, state[f"encoder.blocks.{i}.attn.qkv.{p}"].chunk(3, dim=0)):
                 out[f"{layer}attention.attention.{name}.{p}"] = part

@@ -15,19 +15,21 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import safetensors.torch
+import torch
 
 from ssast.atomic import atomic_write_dir
 from ssast.config import AudioConfig
-from ssast.serve.inference import audio_config_of
+from ssast.serve.inference import audio_config_of, load_for_inference
 from ssast.models.checkpoint import META, CheckpointMeta, checkpoint_dir, read_checkpoint_meta, save_checkpoint
 from ssast.models.hf_ast import FEATURE_DEFAULTS, PREPROCESSOR, is_hf_folder, labels_from_hf, load_hf_folder, ours_to_hf
 from ssast.models.classifier import load_state_strict
-from ssast.models.factory import build_model, load_pretrained
+from ssast.models.factory import build_model
 from ssast.models.posembed import WeightMismatchError
 from ssast.models.tokenizer import grid_shape
 from ssast.models.weightfiles import CheckpointError
 
 ONNX_INSTEAD = "export it with --format onnx instead, which takes every classifier"
+ENCODER_ONNX_INSTEAD = "export its encoder with --format onnx --output embeddings instead, which takes every checkpoint"
 
 
 def writable_target(out: str | Path, holds: Callable[[Path], bool], kind: str) -> Path:
@@ -41,20 +43,20 @@ def writable_target(out: str | Path, holds: Callable[[Path], bool], kind: str) -
 
 
 def export_problems(meta: CheckpointMeta) -> list[str]:
-    """Why transformers' ASTForAudioClassification cannot compute this checkpoint's model (empty: it can)."""
+    """Why transformers' ASTForAudioClassification (for a pretraining checkpoint: ASTModel, the encoder) cannot compute
+    this checkpoint's model (empty: it can)."""
     m = meta.model
-    if meta.kind != "classifier":
-        return ["a pretraining checkpoint has no classifier: fine-tune it first (ssast finetune ... model.init=CKPT), "
-                "then export the fine-tuned model"]
     problems = []
     if m.fshape != m.tshape:
         problems.append(f"its {m.fshape}x{m.tshape} {'frames' if m.is_frame else 'patches'} are not square, and "
                         "transformers' AST builds square patches only")
+    if m.num_prefix != 2:
+        problems.append(f"it has {m.num_prefix} prefix token, transformers' AST two (cls and distillation)")
+    if meta.kind != "classifier":
+        return problems + [ENCODER_ONNX_INSTEAD] if problems else []
     if m.pooling != "cls":
         problems.append("it pools the mean of the patch tokens (model.pooling=mean), transformers' AST the mean of its "
                         "cls and distillation tokens")
-    if m.num_prefix != 2:
-        problems.append(f"it has {m.num_prefix} prefix token, transformers' AST two (cls and distillation)")
     if m.layer_weights:
         problems.append("it pools a weighted sum of every block's output (model.layer_weights), which transformers' "
                         "AST does not have")
@@ -66,11 +68,13 @@ def export_problems(meta: CheckpointMeta) -> list[str]:
 
 
 def export_hf(ckpt: str | Path, out: str | Path) -> Path:
-    """Write classifier checkpoint ``ckpt`` as a transformers AST folder ``out`` (atomically); returns ``out``.
+    """Write checkpoint ``ckpt`` as a transformers AST folder ``out`` (atomically); returns ``out``.
 
-    The folder's ``max_length`` is the checkpoint's input length (``audio.target_length``), its statistics and label
-    names the checkpoint's. Models transformers' AST cannot express are refused in one line
-    (:func:`export_problems`); an existing ``out`` is replaced only if it is an earlier export or empty.
+    A classifier becomes an ``ASTForAudioClassification``; a pretraining checkpoint its encoder alone, an ``ASTModel``
+    whose ``last_hidden_state`` after the two prefix tokens is ``ssast embed --tokens``. The folder's ``max_length`` is
+    the checkpoint's input length (``audio.target_length``), its statistics and label names the checkpoint's. Models
+    transformers' AST cannot express are refused in one line (:func:`export_problems`); an existing ``out`` is
+    replaced only if it is an earlier export or empty.
     """
     from ssast.serve.export import require_extra  # the package imports this module: a late import, no cycle
 
@@ -89,25 +93,30 @@ def export_hf(ckpt: str | Path, out: str | Path) -> Path:
             f"{d}: its audio settings ({audio.num_mel_bins} mel bins x {audio.target_length} frames) do not fit its "
             f"model ({m.input_fdim} x at most {m.input_tdim}); the checkpoint is inconsistent"
         )
-    model, _ = load_pretrained(d)
+    head = meta.kind == "classifier"
+    model, _ = load_for_inference(str(d), torch.device("cpu"), need_head=head)  # a pretraining one: its encoder
     state = model.state_dict()
     # transformers' AST has exactly max_length frames: keep the positions of the grid the checkpoint's input gives
     grid = grid_shape(audio.num_mel_bins, audio.target_length, m.fshape, m.tshape, m.fstride, m.tstride)
     state["encoder.pos_embed"] = model.encoder.position_embedding(grid)
-    tensors = ours_to_hf(state, m.depth)
+    tensors = ours_to_hf(state, m.depth, head=head)
 
-    names = meta.labels or [str(i) for i in range(meta.num_classes)]
-    if meta.multilabel:
-        problem_type = "multi_label_classification"  # the pipeline then scores with a sigmoid, as ssast predict
+    if head:
+        names = meta.labels or [str(i) for i in range(meta.num_classes)]
+        if meta.multilabel:
+            problem_type = "multi_label_classification"  # the pipeline then scores with a sigmoid, as ssast predict
+        else:
+            problem_type = "single_label_classification" if meta.num_classes > 1 else None
+        task = dict(id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+                    problem_type=problem_type, architectures=["ASTForAudioClassification"])
     else:
-        problem_type = "single_label_classification" if meta.num_classes > 1 else None
+        task = dict(architectures=["ASTModel"])
     config = ASTConfig(
         hidden_size=m.dim, num_hidden_layers=m.depth, num_attention_heads=m.heads,
         intermediate_size=model.encoder.blocks[0].mlp.fc1.out_features, hidden_act="gelu",
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=m.norm_eps, qkv_bias=True,
         patch_size=m.fshape, frequency_stride=m.fstride, time_stride=m.tstride, max_length=audio.target_length,
-        num_mel_bins=audio.num_mel_bins, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
-        problem_type=problem_type, architectures=["ASTForAudioClassification"], dtype="float32",
+        num_mel_bins=audio.num_mel_bins, dtype="float32", **task,
     )
     features = ASTFeatureExtractor(
         sampling_rate=audio.sample_rate, num_mel_bins=audio.num_mel_bins, max_length=audio.target_length,

@@ -1,10 +1,15 @@
-"""ONNX export of a classifier checkpoint: the normalised fbank in, the logits out, the feature settings in the metadata.
+"""ONNX export of a checkpoint: the normalised fbank (or the waveform) in, the logits (or the embeddings) out, the
+feature settings in the metadata.
 
-The graph starts at the model's input, not at the waveform: the Kaldi filter bank is left to the caller (any
-Kaldi-compatible implementation reproduces it), and everything needed to make the input exactly is stored in the
-model's ``metadata_props`` (:func:`feature_metadata`). The batch axis is dynamic; the frame count is the checkpoint's
-``audio.target_length``. Exported with PyTorch's dynamo exporter (``torch.export`` + onnxscript), which writes
-scaled_dot_product_attention as plain MatMul/Softmax nodes that every runtime runs.
+By default the graph starts at the model's input: the Kaldi filter bank is left to the caller (any Kaldi-compatible
+implementation reproduces it), and everything needed to make the input exactly is stored in the model's
+``metadata_props`` (:func:`feature_metadata`). With ``input="waveform"`` the filter bank is in the graph
+(:mod:`ssast.serve.export.waveform`): 16 kHz samples and their lengths in, so a deployment needs ONNX Runtime and
+nothing else. With ``output="embeddings"`` the graph ends at the clip embedding ``ssast embed`` writes (and, with
+``tokens``, the token embeddings of ``ssast embed --tokens``): any checkpoint, pretraining ones too. The batch axis is
+dynamic (and the sample count of a waveform input); the frame count is the checkpoint's ``audio.target_length``.
+Exported with PyTorch's dynamo exporter (``torch.export`` + onnxscript), which writes scaled_dot_product_attention as
+plain MatMul/Softmax nodes that every runtime runs.
 """
 from __future__ import annotations
 
@@ -21,6 +26,10 @@ from ssast.models.weightfiles import CheckpointError
 
 INPUT = "fbank"
 OUTPUT = "logits"
+WAVEFORM, LENGTHS = "waveform", "lengths"  # the inputs of a waveform-in graph
+EMBEDDING, TOKENS = "embedding", "tokens"  # the outputs of an embeddings graph
+INPUTS = (INPUT, WAVEFORM)
+OUTPUTS = (OUTPUT, "embeddings")
 PROTOBUF_LIMIT = 2**31 - 1  # one .onnx file holds at most 2 GiB (a Base model is about 350 MB)
 
 
@@ -35,14 +44,27 @@ def feature_formula(audio: AudioConfig) -> str:
     )
 
 
-def feature_metadata(meta: CheckpointMeta, audio: AudioConfig) -> dict[str, str]:
-    """The ONNX metadata_props of an exported model: feature settings, normalisation, score function and labels."""
+def feature_metadata(meta: CheckpointMeta, audio: AudioConfig, source: str = INPUT, target: str = OUTPUT,
+                     tokens: bool = False) -> dict[str, str]:
+    """The ONNX metadata_props of an exported model: inputs, outputs, feature settings, normalisation, score function
+    and labels."""
     labels = meta.labels or [str(i) for i in range(meta.num_classes)]
+    if source == WAVEFORM:
+        inputs = (f"{WAVEFORM}: (batch, samples) float32 mono at {audio.sample_rate} Hz, zero-padded at the end; "
+                  f"{LENGTHS}: (batch,) int64 real samples per clip; the first {audio.target_length} frames of each "
+                  "clip are read")
+    else:
+        inputs = f"{INPUT}: normalised log-mel filter bank (batch, {audio.target_length}, {audio.num_mel_bins})"
+    if target == OUTPUT:
+        outputs = f"{OUTPUT}: (batch, {meta.num_classes}) class scores before the " + (
+            "sigmoid" if meta.multilabel else "softmax")
+    else:
+        outputs = f"{EMBEDDING}: (batch, {meta.model.dim}) clip embedding, as ssast embed" + (
+            f"; {TOKENS}: (batch, tokens, {meta.model.dim}) token embeddings, as ssast embed --tokens" if tokens else "")
     return {
         "producer": f"ssast {__version__}",
-        "input": f"{INPUT}: normalised log-mel filter bank (batch, {audio.target_length}, {audio.num_mel_bins})",
-        "output": f"{OUTPUT}: (batch, {meta.num_classes}) class scores before the "
-        + ("sigmoid" if meta.multilabel else "softmax"),
+        "input": inputs,
+        "output": outputs,
         "sample_rate": str(audio.sample_rate),
         "num_mel_bins": str(audio.num_mel_bins),
         "target_length": str(audio.target_length),
@@ -69,36 +91,76 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def export_onnx(ckpt: str | Path, out: str | Path) -> Path:
-    """Write classifier checkpoint ``ckpt`` as the ONNX model ``out`` (written atomically, checked with onnx.checker).
+class ExportGraph(torch.nn.Module):
+    """What the .onnx file computes: [waveform front end ->] model -> logits, or the clip (and token) embeddings."""
 
-    A pretraining checkpoint has no head and is refused: fine-tune it first. Returns ``out``.
+    def __init__(self, model: torch.nn.Module, front: torch.nn.Module | None, target: str, tokens: bool) -> None:
+        super().__init__()
+        self.model, self.front, self.target, self.tokens = model, front, target, tokens
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        if self.front is not None:
+            x = self.front(x, lengths)
+        if self.target == OUTPUT:
+            return self.model(x)
+        out = self.model.forward_features(x)
+        clip = self.model.forward_head(out, pre_logits=True)  # the pooled embedding of ssast embed
+        return (clip, self.model.patch_tokens(out)) if self.tokens else clip
+
+
+def export_onnx(ckpt: str | Path, out: str | Path, *, input: str = INPUT, output: str = OUTPUT,
+                tokens: bool = False) -> Path:
+    """Write checkpoint ``ckpt`` as the ONNX model ``out`` (written atomically, checked with onnx.checker).
+
+    ``input``: "fbank" (the normalised filter bank) or "waveform" (samples + lengths, the fbank in the graph).
+    ``output``: "logits" (a classifier's; a pretraining checkpoint is refused: fine-tune it first) or "embeddings"
+    (the clip embedding, plus the token embeddings with ``tokens``; any checkpoint). Returns ``out``.
     """
     import onnx
 
     from ssast.atomic import atomic_write
-    from ssast.serve.inference import audio_config_of
+    from ssast.serve.export.waveform import WaveformFrontEnd
+    from ssast.serve.inference import audio_config_of, load_for_inference
     from ssast.models.checkpoint import read_checkpoint_meta
-    from ssast.models.factory import load_pretrained
 
-    if read_checkpoint_meta(ckpt).kind != "classifier":
+    if input not in INPUTS:
+        raise ConfigError(f"--input {input!r}: give one of {', '.join(INPUTS)}")
+    if output not in OUTPUTS:
+        raise ConfigError(f"--output {output!r}: give one of {', '.join(OUTPUTS)}")
+    if tokens and output == OUTPUT:
+        raise ConfigError("--tokens: token embeddings come with --output embeddings")
+    if output == OUTPUT and read_checkpoint_meta(ckpt).kind != "classifier":
         raise CheckpointError(f"{ckpt}: a pretraining checkpoint has no classifier head; fine-tune it first "
-                              "(ssast finetune), then export the fine-tuned checkpoint")
-    model, meta = load_pretrained(ckpt)
+                              "(ssast finetune), then export the fine-tuned checkpoint, or export its encoder with "
+                              "--output embeddings")
+    model, meta = load_for_inference(str(ckpt), torch.device("cpu"), need_head=output == OUTPUT)
     audio = audio_config_of(meta)
     if audio.num_mel_bins != meta.model.input_fdim or audio.target_length > meta.model.input_tdim:
         raise CheckpointError(
             f"{ckpt}: its audio settings ({audio.num_mel_bins} mel bins x {audio.target_length} frames) do not fit "
             f"its model ({meta.model.input_fdim} x at most {meta.model.input_tdim}); the checkpoint is inconsistent"
         )
-    example = torch.zeros(2, audio.target_length, audio.num_mel_bins)  # 2, not 1: a batch of 1 would be specialised
+    front = WaveformFrontEnd(audio) if input == WAVEFORM else None
+    graph = ExportGraph(model, front, output, tokens).eval()
+    batch = torch.export.Dim("batch")
+    # 2 clips, not 1: a batch of 1 would be specialised; samples of both lengths so neither is a constant
+    if front is None:
+        example = (torch.zeros(2, audio.target_length, audio.num_mel_bins),)
+        names, shapes = [INPUT], {"x": {0: batch}}
+    else:
+        example = (torch.zeros(2, front.samples + 7), torch.tensor([front.samples + 7, 500]))
+        names, shapes = [WAVEFORM, LENGTHS], {"x": {0: batch, 1: torch.export.Dim("samples", min=2)},
+                                              "lengths": {0: batch}}
+    outputs = [OUTPUT] if output == OUTPUT else [EMBEDDING, TOKENS] if tokens else [EMBEDDING]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecation notices, nothing to act on
-        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        warnings.filterwarnings("ignore", ".*The axis name")  # lengths' batch axis is the waveform's: one name kept
+        program = torch.onnx.export(graph, example, dynamo=True, input_names=names, output_names=outputs,
+                                    dynamic_shapes=shapes, verbose=False)
     proto = program.model_proto
-    proto.doc_string = f"ssast classifier exported from {Path(ckpt).name}; features: {feature_formula(audio)}"
-    for key, value in feature_metadata(meta, audio).items():
+    what = "classifier" if output == OUTPUT else "encoder"
+    proto.doc_string = f"ssast {what} exported from {Path(ckpt).name}; features: {feature_formula(audio)}"
+    for key, value in feature_metadata(meta, audio, input, output, tokens).items():
         proto.metadata_props.add(key=key, value=value)
     if proto.ByteSize() > PROTOBUF_LIMIT:
         raise ConfigError(f"{ckpt}: the model is over 2 GiB, more than one .onnx file can hold")
