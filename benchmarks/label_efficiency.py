@@ -1,6 +1,7 @@
 """Label efficiency: test accuracy against labelled clips per class, from scratch and from pretrained encoders.
 
-On the synthetic tasks of :mod:`ssast.demo.synthetic` (each with its own unlabeled pool), tiny patch, frame and
+On the synthetic tasks of :mod:`ssast.demo.synthetic` and the spoken words of ``speech_words.py`` (real synthesizer
+voices, held-out test speakers; each task with its own unlabeled pool), tiny patch, frame and
 visible-token encoders are pretrained with ``configs/demo/pretrain.yaml`` and fine-tuned on the first k clips per
 class with a fine-tuning recipe: by default the few-label recipe of ``configs/finetune/custom_template.yaml``
 (its loss, augmentation, optimiser, schedule and length keys; the model stays the demo's tiny one), or one of the
