@@ -56,11 +56,25 @@ def finetune(work: Path, corpus, start: str, init: str, k: int, tstride: int, lr
     return {"task": "speech", "init": init, "tstride": tstride, "lr": lr, "per_class": k, "seed": seed, **got}
 
 
+def probe(work: Path, corpus, start: str, init: str, k: int, tstride: int) -> dict:
+    """The frozen encoder's linear probe (best layer) on the same clips: is the pretrained encoder better than a
+    random one (``start`` "scratch", train.seed 0) before any fine-tuning?"""
+    from ssast.evaluate.probe import probe_checkpoint
+
+    cfg = _config("finetune", FRAME + [f"model.tstride={tstride}"] + labelled(corpus, k))
+    got = probe_checkpoint(start, cfg, work / f"probe-{init}-ts{tstride}-k{k}")
+    return {"task": "speech", "init": f"probe {init}", "tstride": tstride, "lr": 0.0, "per_class": k, "seed": 0,
+            "accuracy": round(got["best"]["linear"], 4), "layer": got["best"]["layer"]}
+
+
 def table(rows: list[dict]) -> str:
     """Mean (min-max) test accuracy over seeds per (clips per class, stride, lr), pretrained beside scratch."""
     lines = ["| clips/class | tstride | lr | scratch | pretrained | pretrained - scratch |", "|---|---|---|---|---|---|"]
     cells: dict[tuple, dict[str, list[float]]] = {}
+    probes = [r for r in rows if r["init"].startswith("probe")]
     for r in rows:
+        if r in probes:
+            continue
         cells.setdefault((r["per_class"], r["tstride"], r["lr"]), {}).setdefault(r["init"], []).append(r["accuracy"])
     for (k, ts, lr), got in sorted(cells.items()):
         def fmt(v):
@@ -68,6 +82,9 @@ def table(rows: list[dict]) -> str:
         s, p = got.get("scratch", []), got.get("pretrained", [])
         diff = f"{100 * (np.mean(p) - np.mean(s)):+.1f}" if s and p else ""
         lines.append(f"| {k} | {ts} | {lr:g} | {fmt(s)} | {fmt(p)} | {diff} |")
+    for r in probes:  # the frozen encoders, no fine-tuning
+        lines.append(f"| {r['per_class']} | {r['tstride']} | - | {r['init']} (layer {r['layer']}) | "
+                     f"{100 * r['accuracy']:.1f} | |")
     return "\n".join(lines)
 
 
@@ -81,6 +98,7 @@ def main() -> None:
     ap.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 2.5e-4, 5e-4])
     ap.add_argument("--inits", nargs="+", default=["pretrained", "scratch"], choices=["pretrained", "scratch"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--probe", action="store_true", help="only the frozen pretrained and random encoders' probes")
     ap.add_argument("--report", action="store_true", help="only print the table")
     args = ap.parse_args()
     work, results = Path(args.work), Path(args.results)
@@ -90,7 +108,13 @@ def main() -> None:
         done = {tuple(r[k] for k in KEY) for r in rows}
         start, seconds = pretrain(work, corpus, args.pretrain_steps)
         print(json.dumps({"pretrain_steps": args.pretrain_steps, "pretrain_seconds": seconds}), flush=True)
-        for k in args.per_class:
+        for k in args.per_class if args.probe else []:
+            for tstride in args.tstrides:
+                for init, ckpt in (("pretrained", str(start)), ("random", "scratch")):
+                    row = probe(work, corpus, ckpt, init, k, tstride)
+                    print(json.dumps(row), flush=True)
+                    rows = append_row(results, row)
+        for k in args.per_class if not args.probe else []:
             for seed in args.seeds:
                 for tstride in args.tstrides:
                     for lr in args.lrs:
