@@ -11,7 +11,8 @@ benchmarks/label_efficiency.py applies it) on k clips per class, crossing:
 
 Rows are appended to benchmarks/results/pretrained_recipe.json as they come (an interrupted run resumes).
 
-    python benchmarks/pretrained_recipe.py --work runs/recipe --per-class 4 --pretrain-steps 600
+    python benchmarks/pretrained_recipe.py --work runs/recipe                 # the grid: 36 fine-tunings
+    python benchmarks/pretrained_recipe.py --work runs/recipe --probe         # the frozen encoders
     python benchmarks/pretrained_recipe.py --work runs/recipe --report
 """
 from __future__ import annotations
@@ -92,7 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="runs/recipe", help="corpus and pretrained encoder (reused)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "pretrained_recipe.json"))
-    ap.add_argument("--pretrain-steps", type=int, default=600)
+    ap.add_argument("--pretrain-steps", type=int, default=1200)
     ap.add_argument("--per-class", nargs="+", type=int, default=[4])
     ap.add_argument("--tstrides", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 2.5e-4, 5e-4])

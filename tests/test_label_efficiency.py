@@ -44,18 +44,3 @@ def test_table_reports_mean_and_spread_over_seeds():
     assert (round(mean, 6), round(std, 4), n) == (0.5, 0.0816, 3)
     table = efficiency_table(rows, {"events": 1 / 6})
     assert "| events (17%) | 6 | 50.0 ± 8.2 | 70.0 ± 0.0 (n=2) |" in table
-
-
-def test_a_pretrained_frame_encoder_is_fine_tuned_at_its_pretraining_stride():
-    from ssast.demo.run import PRETRAIN_SHAPES, finetune_shape
-    from ssast.models.factory import build_classifier
-
-    pre = load_config(study.ROOT / "configs" / "demo" / "pretrain.yaml", PRETRAIN_SHAPES["frame"])
-    tuned = load_config(study.ROOT / "configs" / "demo" / "finetune.yaml", finetune_shape("frame"))
-    scratch = load_config(study.ROOT / "configs" / "demo" / "finetune.yaml", finetune_shape("frame", pretrained=False))
-    assert (tuned.model.tstride, scratch.model.tstride) == (2, 1)
-    assert study.FINETUNE_SHAPE["frame"] == finetune_shape("frame")  # the study measures what the demo runs
-    # the pretrained start keeps the pretraining token grid, so no position is interpolated
-    grid = lambda cfg: build_classifier(cfg.model, 3, "scratch")[0].encoder.grid  # noqa: E731
-    assert grid(tuned) == grid(pre) == (1, 64) and grid(scratch) == (1, 127)
-    assert finetune_shape("patch") == finetune_shape("patch", pretrained=False) == PRETRAIN_SHAPES["patch"][:2]

@@ -591,29 +591,6 @@ def test_prepare_script_help_and_one_line_error(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no such folder" in proc.stderr
 
 
-def test_custom_run_sh_keeps_the_pretraining_stride_of_a_pretrained_frame_encoder(tmp_path):
-    # the few-label recipe chooses by init (README "Few labels"): frames two apart from a pretrained frame encoder,
-    # one apart from scratch; patch shapes do not depend on it
-    data, ckpt = tmp_path / "d", tmp_path / "pretrained"
-    data.mkdir()
-    ckpt.mkdir()
-    for split in ("train", "valid", "test"):
-        (data / f"{split}.json").write_text(json.dumps({"data": [{"wav": "a.wav", "labels": "x"}]}))
-    (data / "labels.csv").write_text("index,mid,display_name\n0,x,x\n")
-    (data / "norm_stats.json").write_text(json.dumps({"norm_mean": -5.0, "norm_std": 4.0}))
-    e = dict(env(), DRY_RUN="1", DATA=str(data), RUNS=str(tmp_path / "runs"))
-
-    def strides(init: str, tokens: str) -> list[str]:
-        proc = subprocess.run(["bash", str(REPO / "finetune/custom/run.sh"), init, tokens], env=e,
-                              capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        return [w for w in proc.stdout.split() if "stride=" in w]
-
-    assert strides(str(ckpt), "frame") == ["model.fstride=128", "model.tstride=2"]
-    assert strides("scratch", "frame") == ["model.fstride=128", "model.tstride=1"]
-    assert strides(str(ckpt), "patch") == strides("scratch", "patch") == ["model.fstride=10", "model.tstride=10"]
-
-
 def test_custom_run_sh_computes_normalisation_once_and_trains_frames(tmp_path):
     for c in ("bird", "car"):
         for i in range(10):

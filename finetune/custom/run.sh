@@ -17,9 +17,6 @@ else
 fi
 SHAPE=("${PATCH_SHAPE[@]}")
 [ "$TOKENS" = frame ] && SHAPE=("${FRAME_SHAPE[@]}")
-# few-label recipe: a pretrained frame encoder keeps its pretraining stride (its positions used as learned, not
-# interpolated to twice as many); from scratch frames stay one apart (README "Few labels", ssast/demo/run.py)
-if [ "$TOKENS" = frame ] && [ "$INIT" != scratch ]; then SHAPE=("${FRAME_SHAPE[@]:0:3}" model.tstride=2); fi
 DATA_ARGS=("data.train=[$DATA/train.json]" "data.label_csv=$DATA/labels.csv")
 # an empty split (too few clips) is left out of the run instead of failing it
 for split in valid test; do

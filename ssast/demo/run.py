@@ -23,18 +23,10 @@ PRETRAIN_SHAPES = {
 }
 
 
-def finetune_shape(name: str, pretrained: bool = True) -> list[str]:
-    """The few-label fine-tuning overrides of encoder ``name`` (or of scratch with "patch"): its patch shape; frame
-    encoders keep their pretraining stride (frames two apart) when ``pretrained``, so their positions are used as
-    learned instead of interpolated to twice as many, and go one frame apart (the paper's) from scratch (README
-    "Few labels": measured on the spoken-word task, benchmarks/pretrained_recipe.py)."""
+def finetune_shape(name: str) -> list[str]:
+    """The fine-tuning overrides of encoder ``name`` (or of scratch with "patch"): its patch shape, frames one apart."""
     shape = PRETRAIN_SHAPES[name][:2]
-    if name != "frame":
-        return shape
-    return shape + ["model.fstride=128", f"model.tstride={FRAME_PRETRAINED_TSTRIDE if pretrained else 1}"]
-
-
-FRAME_PRETRAINED_TSTRIDE = 2  # finetune/custom/run.sh makes the same choice for the custom template
+    return shape + (["model.tstride=1", "model.fstride=128"] if name == "frame" else [])
 
 
 def _config(name: str, overrides: list[str]):
