@@ -1,6 +1,7 @@
 """Label efficiency: test accuracy against labelled clips per class, from scratch and from pretrained encoders.
 
-On the synthetic tasks of :mod:`ssast.demo.synthetic` (each with its own unlabeled pool), tiny patch, frame and
+On the synthetic tasks of :mod:`ssast.demo.synthetic` and the spoken words of ``speech_words.py`` (real synthesizer
+voices, held-out test speakers; each task with its own unlabeled pool), tiny patch, frame and
 visible-token encoders are pretrained with ``configs/demo/pretrain.yaml`` and fine-tuned on the first k clips per
 class with a fine-tuning recipe: by default the few-label recipe of ``configs/finetune/custom_template.yaml``
 (its loss, augmentation, optimiser, schedule and length keys; the model stays the demo's tiny one), or one of the
@@ -28,7 +29,11 @@ sys.path.insert(0, str(ROOT))
 
 from ssast.demo.run import PRETRAIN_SHAPES, finetune_shape  # noqa: E402
 from ssast.evaluate.label_efficiency import efficiency_table, plot_efficiency, summarize  # noqa: E402
-from ssast.demo.synthetic import TASKS, make_corpus  # noqa: E402
+from ssast.demo.synthetic import TASKS as SYNTHETIC, make_corpus  # noqa: E402
+from speech_words import KEYWORDS, make_speech_corpus  # noqa: E402  (benchmarks/, beside this file)
+
+# the synthetic tasks and the spoken words of real synthesizer voices (benchmarks/speech_words.py): task -> classes
+TASKS = {**{t: len(spec.classes) for t, spec in SYNTHETIC.items()}, "speech": len(KEYWORDS)}
 
 TEMPLATE = ROOT / "configs" / "finetune" / "custom_template.yaml"
 PAPER_KEYWORD = ROOT / "configs" / "finetune" / "speechcommands_frame.yaml"
@@ -88,8 +93,10 @@ def _config(name: str, overrides: list[str]):
 
 
 def corpus_for(work: Path, task: str):
+    if task == "speech":  # 36 labelled clips per class, 20 test clips per class of held-out speakers, pool 3,600
+        return make_speech_corpus(work / "data" / task, train_per_class=36)
     # task seeds differ so that no two tasks share random draws; 36 labelled clips per class, 20 test clips per class
-    seed = sorted(TASKS).index(task) + 11
+    seed = sorted(SYNTHETIC).index(task) + 11
     return make_corpus(work / "data" / task, pool=720, train_per_class=36, test_per_class=20, seed=seed, task=task)
 
 
@@ -104,21 +111,28 @@ def pretrain(work: Path, task: str, encoder: str, corpus) -> Path:
     return run / "final"
 
 
-def finetune(work: Path, task: str, corpus, k: int, init: str, seed: int, recipe: str) -> dict:
+def labelled(corpus, k: int) -> list[str]:
+    """The overrides of a fine-tuning on the first k clips per class of ``corpus``, scored on its test split."""
+    return [f"data.label_csv={corpus.labels}", f"data.train=[{corpus.train_subset(k)}]", f"data.test=[{corpus.test}]"]
+
+
+def run_finetune(run: Path, overrides: list[str]) -> dict:
+    """Fine-tune with the demo's finetune config and ``overrides`` in ``run``; keep only the numbers."""
     from ssast.train.engine import train
 
-    start = "scratch" if init == "scratch" else pretrain(work, task, init, corpus)
-    run = work / task / f"ft-{recipe}-{init}-k{k}-s{seed}"
     shutil.rmtree(run, ignore_errors=True)
-    cfg = _config("finetune", FINETUNE_SHAPE[init] + CANDIDATES[recipe]() + [
-        f"data.label_csv={corpus.labels}", f"data.train=[{corpus.train_subset(k)}]", f"data.test=[{corpus.test}]",
-        f"model.init={start}", f"train.seed={seed}", f"train.run_dir={run}", "train.progress=none",
-        "train.keep_last=1"])
+    cfg = _config("finetune", overrides + [f"train.run_dir={run}", "train.progress=none", "train.keep_last=1"])
     t0 = time.time()
     res = train(cfg)
-    shutil.rmtree(run, ignore_errors=True)  # only the number is kept
-    return {"task": task, "recipe": recipe, "init": init, "per_class": k, "seed": seed,
-            "accuracy": round(res["final"]["accuracy"], 4), "steps": res["steps"], "seconds": round(time.time() - t0, 1)}
+    shutil.rmtree(run, ignore_errors=True)
+    return {"accuracy": round(res["final"]["accuracy"], 4), "steps": res["steps"], "seconds": round(time.time() - t0, 1)}
+
+
+def finetune(work: Path, task: str, corpus, k: int, init: str, seed: int, recipe: str) -> dict:
+    start = "scratch" if init == "scratch" else pretrain(work, task, init, corpus)
+    got = run_finetune(work / task / f"ft-{recipe}-{init}-k{k}-s{seed}", FINETUNE_SHAPE[init] + CANDIDATES[recipe]()
+                       + labelled(corpus, k) + [f"model.init={start}", f"train.seed={seed}"])
+    return {"task": task, "recipe": recipe, "init": init, "per_class": k, "seed": seed, **got}
 
 
 def probe(work: Path, task: str, corpus, k: int, encoder: str) -> dict:
@@ -126,8 +140,7 @@ def probe(work: Path, task: str, corpus, k: int, encoder: str) -> dict:
     baseline a fine-tuning must beat. Deterministic, so one "seed"."""
     from ssast.evaluate.probe import probe_checkpoint
 
-    cfg = _config("finetune", FINETUNE_SHAPE[encoder] + [
-        f"data.label_csv={corpus.labels}", f"data.train=[{corpus.train_subset(k)}]", f"data.test=[{corpus.test}]"])
+    cfg = _config("finetune", FINETUNE_SHAPE[encoder] + labelled(corpus, k))
     out = work / task / f"probe-{encoder}-k{k}"
     result = probe_checkpoint(str(pretrain(work, task, encoder, corpus)), cfg, out, cache_dir=work / "probe_cache")
     return {"task": task, "recipe": "probe", "init": f"probe {encoder}", "per_class": k, "seed": 0,
@@ -204,7 +217,7 @@ def main() -> None:
                         print(json.dumps(row), flush=True)
                         rows = append(results, row)
     mine = sorted((r for r in rows if r["recipe"] in (args.recipe, "probe")), key=lambda r: list(TASKS).index(r["task"]))
-    chance = {t: 1 / len(spec.classes) for t, spec in TASKS.items()}
+    chance = {t: 1 / classes for t, classes in TASKS.items()}
     print(efficiency_table(mine, chance))
     name = results.stem if args.recipe == "template" else f"{results.stem}_{args.recipe}"
     png = plot_efficiency(mine, chance, results.with_name(name + ".png"))

@@ -64,8 +64,13 @@ class ModelConfig:
     grad_checkpointing: bool = False
     # pretraining: masking and objectives
     mask_patch: float = 400  # a count (>= 1) or a fraction of the tokens (< 1)
-    mask_mode: Literal["auto", "cluster", "random"] = "auto"  # auto: cluster for patches, random for frames
-    cluster_sizes: list[int] = field(default_factory=lambda: [3, 4, 5])
+    # auto: cluster for patches, random for frames; inverse_block: EAT's squares (spans for frames) kept visible
+    mask_mode: Literal["auto", "cluster", "random", "inverse_block"] = "auto"
+    cluster_sizes: list[int] = field(default_factory=lambda: [3, 4, 5])  # masked squares' sides (cluster)
+    block_sizes: list[int] = field(default_factory=lambda: [5])  # visible squares' sides / spans (inverse_block)
+    # K: each clip is decoded, featurised and augmented once and masked K times independently; the objectives
+    # (and the encoder, as one batch) see K x data.batch_size masked copies per step
+    masks_per_clip: int = 1
     nce_weight: float = 1.0
     mse_weight: float = 10.0
     nce_axis: Literal["authors", "paper"] = "authors"
@@ -536,8 +541,11 @@ def validate(cfg: Config) -> None:
         if m.two_pass and m.pretrain_encoder == "visible":
             raise ConfigError("model.two_pass applies to pretrain_encoder=all only",
                               ["model.two_pass", "model.pretrain_encoder"])
-        if any(c < 1 for c in m.cluster_sizes) or not m.cluster_sizes:
-            raise ConfigError("model.cluster_sizes must be a non-empty list of positive sizes", ["model.cluster_sizes"])
+        for key in ("cluster_sizes", "block_sizes"):
+            if not getattr(m, key) or any(c < 1 for c in getattr(m, key)):
+                raise ConfigError(f"model.{key} must be a non-empty list of positive sizes", [f"model.{key}"])
+        if m.masks_per_clip < 1:
+            raise ConfigError(f"model.masks_per_clip must be at least 1, got {m.masks_per_clip}", ["model.masks_per_clip"])
     _check_probe(cfg)
     if cfg.data.train_weights and len(cfg.data.train_weights) != len(cfg.data.train):
         raise ConfigError(

@@ -42,6 +42,13 @@ def test_impossible_combinations():
         load_config(None, ["model.fshape=128", "model.tshape=2", "model.mask_mode=cluster"])
     with pytest.raises(ConfigError, match="audio.target_length"):
         load_config(None, ["model.input_tdim=512"])
+    with pytest.raises(ConfigError, match="model.masks_per_clip"):
+        load_config(None, ["model.masks_per_clip=0"])
+    with pytest.raises(ConfigError, match="model.block_sizes"):
+        load_config(None, ["model.mask_mode=inverse_block", "model.block_sizes=[]"])
+    # inverse blocks (spans of frames) are fine for frame models, unlike clusters
+    cfg = load_config(None, ["model.fshape=128", "model.tshape=2", "model.mask_mode=inverse_block"])
+    assert cfg.model.mask_mode == "inverse_block" and cfg.model.block_sizes == [5]
     # the same overlap is fine for fine-tuning
     cfg = load_config(None, ["task=finetune", "model.fstride=10", "model.tstride=10"])
     assert cfg.model.fstride == 10

@@ -125,6 +125,32 @@ def test_a_few_non_finite_losses_are_skipped_and_training_goes_on(corpus, tmp_pa
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
 
 
+def test_k_masks_per_clip_resume_is_exact(corpus, tmp_path, monkeypatch):
+    """Two masks per clip: a run stopped at step 3 (SIGTERM's path) and resumed ends bit-equal to an unbroken one."""
+    from ssast.train.tasks import PretrainTask
+
+    k2 = ["model.masks_per_clip=2", "train.image_every=0", "train.ckpt_every=100"]
+    straight = train(pretrain_cfg(corpus, tmp_path / "straight", *k2))
+    one_mask = train(pretrain_cfg(corpus, tmp_path / "one", "train.image_every=0", "train.ckpt_every=100"))
+    after_step = PretrainTask.after_step
+
+    def stop_at_3(self, tr, extras, bad):
+        after_step(self, tr, extras, bad)
+        if tr.step == 3:
+            tr._stop_signal = signal.SIGTERM
+
+    monkeypatch.setattr(PretrainTask, "after_step", stop_at_3)
+    with pytest.raises(TrainingStopped, match="step 3"):
+        train(pretrain_cfg(corpus, tmp_path / "stopped", *k2))
+    monkeypatch.setattr(PretrainTask, "after_step", after_step)
+    resumed = train(pretrain_cfg(corpus, tmp_path / "stopped", *k2), resume=str(tmp_path / "stopped"))
+    assert straight["steps"] == resumed["steps"] == 6
+    a, b = load_state(tmp_path / "straight" / "final"), load_state(tmp_path / "stopped" / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    c = load_state(tmp_path / "one" / "final")  # K changed the training: one mask per clip ends elsewhere
+    assert not all(torch.equal(a[key], c[key]) for key in a) and one_mask["steps"] == 6
+
+
 def _cli(args, **kw):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     return subprocess.Popen([sys.executable, "-m", "ssast", *args], env=env, stdout=subprocess.PIPE,

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ssast.models.masking import cluster_mask, num_masked, random_mask, sample_mask
+from ssast.models.masking import cluster_mask, inverse_block_mask, num_masked, random_mask, sample_mask
 
 
 def gen(seed):
@@ -93,6 +93,8 @@ def test_sample_mask_dispatch_and_errors():
     r = sample_mask("random", 2, (1, 64), 20, generator=gen(0))
     assert c.shape == (2, 64) and r.shape == (2, 64) and (c.sum(1) == 20).all() and (r.sum(1) == 20).all()
     assert sample_mask("random", 1, (1, 8), 3, device="cpu").device.type == "cpu"
+    b = sample_mask("inverse_block", 2, (1, 64), 20, (4,), generator=gen(0))
+    assert b.shape == (2, 64) and (b.sum(1) == 20).all()
     with pytest.raises(ValueError, match="mode"):
         sample_mask("blocks", 2, (8, 8), 20)
     with pytest.raises(ValueError, match="65 of 64"):
@@ -101,6 +103,50 @@ def test_sample_mask_dispatch_and_errors():
         cluster_mask(1, 8, 8, 0)
     with pytest.raises(ValueError, match="cluster_sizes"):
         cluster_mask(1, 8, 8, 4, cluster_sizes=())
+
+
+@pytest.mark.parametrize("f_rows, t_cols", [(8, 64), (8, 8), (1, 64), (2, 4)])
+def test_inverse_block_exact_counts(f_rows, t_cols):
+    n = f_rows * t_cols
+    for num_mask in sorted({1, 2, n // 4, (3 * n) // 4, (9 * n) // 10, n - 1, n}):
+        for seed in range(3):
+            m = inverse_block_mask(5, f_rows, t_cols, num_mask, block_sizes=(5,), generator=gen(seed))
+            assert m.dtype == torch.bool and m.shape == (5, n) and (m.sum(dim=1) == num_mask).all()
+
+
+def test_inverse_block_changes_with_the_seed():
+    a = inverse_block_mask(6, 8, 64, 400, generator=gen(7))
+    assert torch.equal(a, inverse_block_mask(6, 8, 64, 400, generator=gen(7)))
+    assert not torch.equal(a, inverse_block_mask(6, 8, 64, 400, generator=gen(8)))
+    assert not torch.equal(a[0], a[1])
+    assert torch.equal(sample_mask("inverse_block", 6, (8, 64), 400, (5,), generator=gen(7)), a)
+
+
+def outside_visible_blocks(visible, side):
+    """Per clip, visible tokens that no fully visible side x side block (clipped at the border as a block centred on
+    a grid token is) contains."""
+    batch, f_rows, t_cols = visible.shape
+    covered = torch.zeros_like(visible)
+    for r0 in range(-(side // 2), f_rows - (side - 1) // 2):
+        for c0 in range(-(side // 2), t_cols - (side - 1) // 2):
+            rs, cs = slice(max(r0, 0), min(r0 + side, f_rows)), slice(max(c0, 0), min(c0 + side, t_cols))
+            full = visible[:, rs, cs].flatten(1).all(dim=1)
+            covered[:, rs, cs] |= full[:, None, None]
+    return (visible & ~covered).flatten(1).sum(dim=1)
+
+
+@pytest.mark.parametrize("f_rows, t_cols, num_mask", [(8, 24, 144), (8, 8, 40), (1, 64, 48), (1, 64, 32)])
+def test_inverse_block_visible_set_is_blocks(f_rows, t_cols, num_mask):
+    # patch grids keep 5x5 squares, frame grids (one row) spans of 5 frames: every visible token lies in a fully
+    # visible block except the trimmed part of the last block; random masks at the same ratio scatter instead
+    side, batch = 5, 200
+    keep = min(side, f_rows) * side - 1
+    inv = ~inverse_block_mask(batch, f_rows, t_cols, num_mask, block_sizes=(side,), generator=gen(4))
+    rnd = ~random_mask(batch, f_rows * t_cols, num_mask, generator=gen(4))
+    stray_inv = outside_visible_blocks(inv.view(batch, f_rows, t_cols), side)
+    stray_rnd = outside_visible_blocks(rnd.view(batch, f_rows, t_cols), side)
+    assert stray_inv.max() <= keep
+    assert stray_rnd.float().mean() > 2 * stray_inv.float().mean() + 1
 
 
 def test_num_masked():

@@ -179,6 +179,46 @@ def test_two_pass_uses_two_masks_and_matches_one_pass_on_a_fixed_mask():
     assert len(calls_one) == 1
 
 
+@pytest.mark.parametrize("mode", ["all", "visible"])
+@pytest.mark.parametrize("make", [tiny_cfg, frame_cfg])
+def test_k_masks_per_clip_equal_the_clips_repeated_with_those_masks(mode, make):
+    k, batch = 3, 2
+    torch.manual_seed(0)
+    many = build_pretrain_model(make(pretrain_encoder=mode, masks_per_clip=k))
+    one = build_pretrain_model(make(pretrain_encoder=mode))
+    one.load_state_dict(many.state_dict())
+    x = spectrograms(batch, many.cfg.input_tdim)
+    calls = count_encoder_passes(many)
+    out = many(x, generator=gen(0))
+    n, m, p = many.encoder.num_patches, many.num_mask, many.encoder.num_prefix
+    # one encoder pass over the K x B masked copies (only the visible tokens on the visible path)
+    assert calls == [torch.Size([k * batch, p + (n - m if mode == "visible" else n), 64])]
+    assert out.mask.shape == (k * batch, n) and (out.mask.sum(1) == m).all()
+    for i in range(batch):  # the K masks of a clip are drawn independently (on 16 tokens two may coincide)
+        assert len({tuple(c.tolist()) for c in out.mask[i * k:(i + 1) * k]}) > 1
+    ref = one(x.repeat_interleave(k, dim=0), mask=out.mask)
+    for name in ("loss", "nce", "mse", "accuracy"):
+        assert torch.allclose(getattr(out, name), getattr(ref, name), atol=1e-6), name
+    out.loss.backward()
+    ref.loss.backward()
+    grads = dict(one.named_parameters())
+    for name, param in many.named_parameters():
+        assert param.grad is not None and torch.allclose(param.grad, grads[name].grad, atol=1e-6), name
+    # and not the same as one mask per clip: the loss of the plain batch is another number
+    assert not torch.allclose(one(x, generator=gen(0)).loss, out.loss)
+
+
+@pytest.mark.parametrize("make", [tiny_cfg, frame_cfg])
+def test_inverse_block_mode_keeps_blocks_of_block_sizes(make):
+    from ssast.models.masking import inverse_block_mask
+
+    model = build_pretrain_model(make(mask_mode="inverse_block", block_sizes=[4]))
+    f_rows, t_cols = model.encoder.grid
+    out = model(spectrograms(5, model.cfg.input_tdim), generator=gen(3))
+    assert torch.equal(out.mask, inverse_block_mask(5, f_rows, t_cols, model.num_mask, (4,), generator=gen(3)))
+    assert not torch.equal(out.mask, model.sample_mask(5, generator=gen(4)))
+
+
 @pytest.mark.parametrize("weights, used", [((1.0, 0.0), "nce"), ((0.0, 10.0), "mse")])
 def test_zero_weight_skips_head(weights, used):
     model = build_pretrain_model(tiny_cfg(nce_weight=weights[0], mse_weight=weights[1]))

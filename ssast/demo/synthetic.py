@@ -237,8 +237,13 @@ def make_corpus(root: str | Path, *, pool: int = 720, train_per_class: int = 6, 
             if split != "pool":
                 entry["labels"] = mid
             lists[split].append(entry)
+    return write_lists(root, lists, spec.classes)
+
+
+def write_lists(root: Path, lists: dict[str, list[dict]], classes: list[tuple[str, str]]) -> Corpus:
+    """Write the pool/train/test JSON lists and the label CSV of a corpus under ``root``; the :class:`Corpus`."""
     for split, data in lists.items():
         (root / f"{split}.json").write_text(json.dumps({"data": data}, indent=1))
     csv = root / "labels.csv"
-    csv.write_text("index,mid,display_name\n" + "".join(f"{i},{m},\"{n}\"\n" for i, (m, n) in enumerate(spec.classes)))
-    return Corpus(root, root / "pool.json", root / "train.json", root / "test.json", csv, len(spec.classes))
+    csv.write_text("index,mid,display_name\n" + "".join(f"{i},{m},\"{n}\"\n" for i, (m, n) in enumerate(classes)))
+    return Corpus(root, root / "pool.json", root / "train.json", root / "test.json", csv, len(classes))

@@ -1,7 +1,7 @@
 """Models: tokenizer, ViT encoder, masking, pretraining objectives and model, fine-tuning classifier, weight import."""
 # --- model core (tokenizer, encoder, masking, objectives, pretraining model) ---
 from ssast.models.encoder import MODEL_SIZES, ViTEncoder, build_encoder
-from ssast.models.masking import cluster_mask, num_masked, random_mask, sample_mask
+from ssast.models.masking import cluster_mask, inverse_block_mask, num_masked, random_mask, sample_mask
 from ssast.models.objectives import info_nce, masked_mse
 from ssast.models.pretrain import PretrainOutput, SSASTPretrainModel, build_pretrain_model
 from ssast.models.tokenizer import InputShapeError, PatchEmbed, grid_shape, patchify, unpatchify

@@ -22,6 +22,11 @@ How this differs from the authors' sampler; the distributions are not identical:
   because fewer square positions cover them (at 400 of 8 x 64 tokens about 0.67 vs 0.83 for the outer vs middle
   rows), whereas in the authors' sampler it is the lowest frequency row alone that is masked about half as often;
 - with f_rows = 1 (frame-like grids) squares degenerate to runs of c consecutive tokens.
+
+:func:`inverse_block_mask` is EAT's inverse block masking (Chen et al., 2024): squares (patch grids) or spans in
+time (frame grids, f_rows = 1) are chosen to stay VISIBLE and everything else is masked, so that at a high mask
+ratio what the encoder sees is still a few contiguous regions rather than scattered tokens. It is the complement of
+:func:`cluster_mask` with ``N - num_mask`` tokens, so it inherits that sampler's placement and exact count.
 """
 from __future__ import annotations
 
@@ -31,7 +36,10 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["num_masked", "random_mask", "cluster_mask", "sample_mask", "cluster_square_budget"]
+__all__ = ["num_masked", "random_mask", "cluster_mask", "inverse_block_mask", "sample_mask", "cluster_square_budget",
+           "MASK_MODES"]
+
+MASK_MODES = ("cluster", "random", "inverse_block")
 
 _CHUNK = 64  # squares scored per round: bounds memory to batch * 64 * N booleans
 
@@ -149,6 +157,24 @@ def cluster_mask(
     return _top_k_mask(scores, num_mask)
 
 
+def inverse_block_mask(
+    batch: int,
+    f_rows: int,
+    t_cols: int,
+    num_mask: int,
+    block_sizes: Sequence[int] = (5,),
+    generator: Optional[torch.Generator] = None,
+    device: Optional[torch.device | str] = None,
+) -> Tensor:
+    """(B, f_rows * t_cols) mask, exactly ``num_mask`` per clip, whose VISIBLE tokens are c x c squares (c drawn per
+    clip from ``block_sizes``; spans of c frames when f_rows = 1), the last square trimmed to the exact count."""
+    n = f_rows * t_cols
+    _check(n, num_mask)
+    if num_mask == n:  # nothing stays visible: no block to place
+        return torch.ones(batch, n, dtype=torch.bool, device=_device_of(generator, device))
+    return ~cluster_mask(batch, f_rows, t_cols, n - num_mask, block_sizes, generator, device)
+
+
 def sample_mask(
     mode: str,
     batch: int,
@@ -158,10 +184,13 @@ def sample_mask(
     generator: Optional[torch.Generator] = None,
     device: Optional[torch.device | str] = None,
 ) -> Tensor:
-    """Dispatch on ``mode``: "cluster" squares or "random" tokens over a (f_rows, t_cols) grid."""
+    """Dispatch on ``mode`` over a (f_rows, t_cols) grid: "cluster" squares masked, "random" tokens, or
+    "inverse_block" squares/spans kept visible; ``cluster_sizes`` are the square sides of the two block modes."""
     f_rows, t_cols = grid
     if mode == "cluster":
         return cluster_mask(batch, f_rows, t_cols, num_mask, cluster_sizes, generator, device)
     if mode == "random":
         return random_mask(batch, f_rows * t_cols, num_mask, generator, device)
-    raise ValueError(f"unknown mask mode {mode!r}: use 'cluster' or 'random'")
+    if mode == "inverse_block":
+        return inverse_block_mask(batch, f_rows, t_cols, num_mask, cluster_sizes, generator, device)
+    raise ValueError(f"unknown mask mode {mode!r}: use one of {', '.join(MASK_MODES)}")

@@ -10,6 +10,9 @@ Two paths share the encoder, heads and objectives (``ModelConfig.pretrain_encode
   with a learned mask token at every masked position; the heads read the decoder outputs at the masked positions.
 
 The forward pass samples its own mask (vectorised, no host synchronisation, no per-clip loop) unless one is given.
+With ``masks_per_clip`` K > 1 every clip is masked K times independently: the K copies of a clip follow each other
+in the batch (clip-major, as ``repeat_interleave``) and go through the encoder together, so one decoded and
+featurised clip trains K masked predictions (EAT's ``clone_batch``).
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ class PretrainOutput:
     """What one pretraining forward pass gives the engine and the visualisations.
 
     ``mask`` is the mask of the (InfoNCE) pass; in two-pass mode ``mse_mask`` is the MSE pass's own mask.
-    Predictions are for the masked tokens of each clip, in increasing token order.
+    Predictions are for the masked tokens of each clip, in increasing token order. With K masks per clip, masks and
+    predictions have K x batch rows (the copies of clip i are rows i*K .. i*K + K - 1).
     """
 
     loss: Tensor
@@ -161,9 +165,8 @@ class SSASTPretrainModel(nn.Module):
     ) -> Tensor:
         """A (B, N) mask from the configured sampler (cluster for patch models, random for frame models)."""
         grid = grid or self.encoder.grid
-        return sample_mask(
-            self.mask_mode, batch, grid, self.mask_count(grid), self.cfg.cluster_sizes, generator, device
-        )
+        sizes = self.cfg.block_sizes if self.mask_mode == "inverse_block" else self.cfg.cluster_sizes
+        return sample_mask(self.mask_mode, batch, grid, self.mask_count(grid), sizes, generator, device)
 
     def _resolve_mask(
         self, x: Tensor, grid: tuple[int, int], mask: Optional[Tensor], generator: Optional[torch.Generator]
@@ -220,9 +223,14 @@ class SSASTPretrainModel(nn.Module):
     def forward(
         self, x: Tensor, mask: Optional[Tensor] = None, generator: Optional[torch.Generator] = None
     ) -> PretrainOutput:
-        """(B, T, F) normalised filter bank -> losses and predictions at the masked tokens."""
+        """(B, T, F) normalised filter bank -> losses and predictions at the masked tokens.
+
+        With K = ``masks_per_clip`` > 1 the clips are repeated K times here (after the loader's decoding, fbank and
+        augmentation) and ``mask``, if given, has K x B rows."""
         cfg = self.cfg
         grid = self.encoder.grid_for(x)
+        if cfg.masks_per_clip > 1:
+            x = x.repeat_interleave(cfg.masks_per_clip, dim=0)
         targets = patchify(x, cfg.fshape, cfg.tshape)
         zero = x.new_zeros((), dtype=torch.float32)
         nce = mse = acc = zero
