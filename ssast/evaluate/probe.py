@@ -174,6 +174,7 @@ def probe_loader(cfg: Config, sources: list[str], name: str, labels):
     pcfg = dataclasses.replace(cfg, task="finetune", data=data, augment=AugmentConfig())
     loader = build_loader(pcfg, "test", labels=labels)
     loader.name = name
+    loader.preflight()  # an empty or unreadable probe list stops before any embedding
     return loader
 
 
@@ -324,7 +325,9 @@ def probe_checkpoint(ckpt: str, cfg: Config, out_dir: str | Path, cache_dir: str
                   seconds={"embed": round(t_embed, 2), "fit": round(time.time() - t0 - t_embed, 2)})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    from ssast.atomic import atomic_write_text
+
+    atomic_write_text(out / "probe.json", json.dumps(result, indent=2) + "\n")
     plot_probe(result, out / "probe.png")
     return result
 
@@ -409,5 +412,7 @@ def plot_probe(result: dict, png: Path) -> None:
     ax.set_title(Path(str(result.get("checkpoint", ""))).name or "probe", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(png, dpi=90)
+    from ssast.atomic import atomic_savefig
+
+    atomic_savefig(fig, png, dpi=90)
     plt.close(fig)

@@ -167,6 +167,15 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         raise CheckpointError(f"{f}: invalid metadata: {e}") from None
 
 
+def imported_here(path: str | Path, source: str | Path) -> bool:
+    """Whether checkpoint ``path`` was imported from a file or folder of the same name as ``source`` (a rerun of the
+    same import may replace it; anything else needs --overwrite)."""
+    try:
+        return read_checkpoint_meta(path).imported_from == Path(source).name
+    except CheckpointError:
+        return False
+
+
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The weights (model.safetensors) of a checkpoint directory, on the CPU."""
     f = checkpoint_dir(path) / WEIGHTS

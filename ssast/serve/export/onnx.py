@@ -69,18 +69,29 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def export_onnx(ckpt: str | Path, out: str | Path) -> Path:
+def _exported_from(path: Path) -> str | None:
+    """The ``ssast_source`` of an .onnx file ssast wrote (None for any other file)."""
+    try:
+        return onnx_metadata(path).get("ssast_source")
+    except Exception:  # not an ONNX model at all (onnx raises DecodeError and friends)
+        return None
+
+
+def export_onnx(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write classifier checkpoint ``ckpt`` as the ONNX model ``out`` (written atomically, checked with onnx.checker).
 
     A pretraining checkpoint has no head and is refused: fine-tune it first. Returns ``out``.
     """
     import onnx
 
-    from ssast.atomic import atomic_write
+    from ssast.atomic import atomic_write, replaceable, source_id
     from ssast.serve.inference import audio_config_of
     from ssast.models.checkpoint import read_checkpoint_meta
     from ssast.models.factory import load_pretrained
 
+    src = source_id(ckpt)
+    replaceable(out, holds=lambda p: p.is_file() and _exported_from(p) is not None, kind="an ssast ONNX export",
+                same=lambda p: _exported_from(p) == src, overwrite=overwrite)
     if read_checkpoint_meta(ckpt).kind != "classifier":
         raise CheckpointError(f"{ckpt}: a pretraining checkpoint has no classifier head; fine-tune it first "
                               "(ssast finetune), then export the fine-tuned checkpoint")
@@ -98,7 +109,7 @@ def export_onnx(ckpt: str | Path, out: str | Path) -> Path:
                                     dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
     proto = program.model_proto
     proto.doc_string = f"ssast classifier exported from {Path(ckpt).name}; features: {feature_formula(audio)}"
-    for key, value in feature_metadata(meta, audio).items():
+    for key, value in {**feature_metadata(meta, audio), "ssast_source": src}.items():
         proto.metadata_props.add(key=key, value=value)
     if proto.ByteSize() > PROTOBUF_LIMIT:
         raise ConfigError(f"{ckpt}: the model is over 2 GiB, more than one .onnx file can hold")
