@@ -13,7 +13,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -275,10 +274,17 @@ def test_finetuning_checks_every_split_before_the_first_step(split, which, ft_cf
     assert not run.exists()  # refused before any epoch, and before anything was written
 
 
-def test_probe_lists_are_checked_before_embedding(pt_run, ft_cfg, bad_lists, tmp_path, capsys):
-    code, err = cli(capsys, "probe", pt_run / "final", "-c", ft_cfg, f"data.probe_train=[{bad_lists[1]}]",
+def test_probe_lists_are_checked_before_embedding(pt_run, ft_cfg, bad_lists, corpus, tmp_path, capsys, monkeypatch):
+    import ssast.evaluate.probe as probe
+
+    embedded = []
+    real = probe.embed_loader
+    monkeypatch.setattr(probe, "embed_loader", lambda *a, **k: embedded.append(1) or real(*a, **k))
+    code, err = cli(capsys, "probe", pt_run / "final", "-c", ft_cfg, f"data.probe_train=[{corpus.train}]",
                     f"data.probe_test=[{bad_lists[0]}]", "--out", tmp_path / "p", "--no-cache")
-    assert code == 2 and "data.probe_train" in one_line(err)
+    line = one_line(err)
+    assert code == 2 and "data.probe_test" in line and "3 of 3" in line and "corrupt" in line
+    assert embedded == []  # the bad test list stopped the probe before the training list was embedded
     assert not (tmp_path / "p" / "probe.json").exists()
 
 
@@ -468,9 +474,8 @@ def test_a_label_csv_that_is_not_utf8(corpus, tmp_path, capsys):
     assert code == 2 and str(bad) in one_line(err) and "UTF-8" in err
 
 
-def test_an_empty_json_train_list(bad_lists, tmp_path, capsys):
-    code, err = cli(capsys, "pretrain", *TINY, f"data.train=[{bad_lists[1]}]", "train.steps=2",
-                    f"train.run_dir={tmp_path / 'r'}")
+def test_an_empty_json_train_list(ft_cfg, bad_lists, tmp_path, capsys):
+    code, err = cli(capsys, "finetune", "-c", ft_cfg, f"data.train=[{bad_lists[1]}]", f"train.run_dir={tmp_path / 'r'}")
     line = one_line(err)
     assert code == 2 and "data.train" in line and "no clips" in line and "shard" not in line
 

@@ -60,13 +60,15 @@ class Trainer:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=str(resume)))
         self.cfg = cfg
         self.run_dir = Path(cfg.train.run_dir)
-        # every check reads only: a refused or failed start writes nothing (run_folder.py says what may be written)
-        check_run_folder(self.run_dir, resume=bool(resume), overwrite=overwrite)
+        self.rt = setup_runtime(cfg.train.device, cfg.train.precision, cfg.model.dim)
+        seed_everything(cfg.train.seed + self.rt.rank)
+        # every check reads only: a refused or failed start writes nothing (run_folder.py says what may be written);
+        # rank 0 owns the folder (the other ranks would see its files and its lock)
+        if self.rt.is_main:
+            check_run_folder(self.run_dir, resume=bool(resume), overwrite=overwrite)
         self.resume_from = ck.resolve_resume(self.run_dir) if resume else None
         if resume:
             ck.check_resume_config(self.run_dir, cfg)
-        self.rt = setup_runtime(cfg.train.device, cfg.train.precision, cfg.model.dim)
-        seed_everything(cfg.train.seed + self.rt.rank)
         self.lock = None
         try:
             self._build(stream)
