@@ -222,7 +222,7 @@ def report_missing(
     # a folder where a clip should be is not "missing": say what is there
     shown = "\n  ".join(p + (" (a folder, not an audio file)" if os.path.isdir(p) else "") for p in missing[:5])
     more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-    text = f"{source_name}: {len(missing)} of {total} files are missing or not files, e.g.:\n  {shown}{more}"
+    text = f"{source_name}: {len(missing)} of {total} files are missing, e.g.:\n  {shown}{more}"
     if not allow_missing:
         raise DataError(text + "\nFix the paths, or set data.allow_missing=true to skip these clips.")
     # a plain line on stderr: warnings.warn would add this module's file, line and source text
