@@ -78,7 +78,8 @@ def export_hf(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> Pat
 
     The folder's ``max_length`` is the checkpoint's input length (``audio.target_length``), its statistics and label
     names the checkpoint's. Models transformers' AST cannot express are refused in one line
-    (:func:`export_problems`); an existing ``out`` is replaced only if it is an earlier export or empty.
+    (:func:`export_problems`); an existing ``out`` is replaced only if it is empty or an earlier export of the same
+    checkpoint (of another one with ``overwrite``).
     """
     from ssast.serve.export import require_extra  # the package imports this module: a late import, no cycle
 
