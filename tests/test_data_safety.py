@@ -461,6 +461,12 @@ def test_import_norm_std_zero_and_top_k(classifier, authors_pth, corpus, tmp_pat
     code, err = cli(capsys, "import-checkpoint", authors_pth, tmp_path / "i", "--norm-mean", "0", "--norm-std", "0")
     assert code == 2 and "--norm-std" in one_line(err) and not (tmp_path / "i").exists()
     wav = next((corpus.root / "audio").glob("test_*.wav"))
+    ckpt = shutil.copytree(classifier / "final", tmp_path / "zero_std")  # imported by an older ssast
+    meta = json.loads((ckpt / "model.json").read_text())
+    meta["audio"]["norm_std"] = 0.0
+    (ckpt / "model.json").write_text(json.dumps(meta))
+    code, err = cli(capsys, "predict", ckpt, wav, "--json")
+    assert code == 2 and str(ckpt / "model.json") in one_line(err) and "norm_std" in err
     for k in ("-1", "0"):
         code, err = cli(capsys, "predict", classifier / "final", wav, "--top-k", k)
         assert code == 2 and "--top-k" in one_line(err)
