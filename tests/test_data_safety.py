@@ -531,6 +531,8 @@ def test_strict_mode_refuses_a_truncated_wav_and_names_folder_clips_by_path(tmp_
     assert code == 2 and "truncated" in line and str(cut) in line
     code, err = cli(capsys, *args[:-1], f"train.run_dir={tmp_path / 'r2'}")  # the default mode uses what is there
     assert code == 0, err
+    code, err = cli(capsys, "prepare", folder, tmp_path / "shards", "--strict", "--workers", "0")
+    assert code == 2 and "truncated" in one_line(err) and str(cut) in err
 
 
 def test_allow_missing_warns_in_one_plain_line(corpus, tmp_path, capsys):

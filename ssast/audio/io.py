@@ -111,6 +111,13 @@ def wav_truncation(path: str | Path) -> str | None:
         return None
 
 
+def require_complete(path: str | Path, name: str) -> None:
+    """Strict mode's check: an AudioError (corrupt) naming ``name`` when ``path`` is a WAV cut short."""
+    cut = wav_truncation(path)
+    if cut:
+        raise audio_error(name, "corrupt", f"truncated: {cut}; re-export it or leave strict mode off")
+
+
 def crop_offset(total: int, window: int, crop: CropMode, rng: np.random.Generator | None) -> int:
     """Start of a ``window``-long crop inside ``total`` samples (0 when the clip is not longer)."""
     if total <= window:

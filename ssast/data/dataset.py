@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ssast.audio.fbank import frames_for, max_samples, window_hop
-from ssast.audio.io import AudioError, audio_error, load_audio, wav_truncation
+from ssast.audio.io import AudioError, load_audio, require_complete
 from ssast.config import AudioConfig
 from ssast.data.manifest import Clip, LabelSet
 
@@ -115,9 +115,8 @@ class ClipDataset(Dataset):
         key = self.clips[index].key or self.clips[index].path
         try:
             wave, y = self._load(index, rng)
-            cut = self.strict and wav_truncation(self.clips[index].path)
-            if cut:  # strict mode refuses a WAV cut short; the default mode trains on the part that is there
-                raise audio_error(key, "corrupt", f"truncated: {cut}; re-export it or leave data.strict off")
+            if self.strict:  # strict mode refuses a WAV cut short; the default mode trains on the part that is there
+                require_complete(self.clips[index].path, key)
         except AudioError as e:
             if self.strict:
                 path = self.clips[index].path

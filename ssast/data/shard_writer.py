@@ -31,7 +31,7 @@ import torch
 import webdataset as wds
 
 from ssast.atomic import atomic_write_text, fsync_path
-from ssast.audio.io import AudioError, load_audio
+from ssast.audio.io import AudioError, load_audio, require_complete
 from ssast.data.progress import Progress
 from ssast.data.manifest import Clip, DataError, list_audio_folder, read_json_list, read_label_csv
 from ssast.data.shard_format import INDEX_FORMAT, INDEX_NAME, INDEX_VERSION, SAMPLE_RATE, shard_name, sidecar_path
@@ -84,6 +84,8 @@ def _write_members(writer: wds.TarWriter, task: dict, max_samples: int | None, s
     for path, labels, key in task["clips"]:
         try:
             wave = load_audio(path, sample_rate=SAMPLE_RATE, max_samples=max_samples, crop="start")
+            if task["strict"]:  # as training's strict mode: a WAV cut short is refused, not packed half
+                require_complete(path, path)
         except AudioError as e:
             if task["strict"]:
                 raise
