@@ -42,7 +42,8 @@ ensure_lists() {
   fi
 }
 
-# One fine-tuning run: skipped when RUN_DIR/metrics.json exists (finished), resumed when it has a checkpoint.
+# One fine-tuning run: skipped when RUN_DIR/metrics.json exists (finished), resumed when it has a checkpoint, started
+# again (--overwrite) with RERUN=1 or when it holds only a start that died before its first checkpoint.
 #   finetune_run CONFIG RUN_DIR [overrides...]
 finetune_run() {
   local config="$1" run_dir="$2"; shift 2
@@ -51,7 +52,8 @@ finetune_run() {
     return 0
   fi
   local cmd=("$PYTHON" -m ssast finetune -c "$config" "train.run_dir=$run_dir")
-  if [ -e "$run_dir/last" ] && [ "${RERUN:-0}" != 1 ]; then cmd+=(--resume "$run_dir"); fi
+  if [ -e "$run_dir/last" ] && [ "${RERUN:-0}" != 1 ]; then cmd+=(--resume "$run_dir")
+  elif [ -e "$run_dir/config.yaml" ]; then cmd+=(--overwrite); fi
   cmd+=("$@")
   if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' "${cmd[@]}"; echo; else "${cmd[@]}"; fi
 }

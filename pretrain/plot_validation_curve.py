@@ -29,7 +29,7 @@ def main(root: Path) -> dict:
     cfg = load_config(DEMO_CONFIGS / "pretrain.yaml", [
         f"data.train=[{corpus.pool}]", "optim.schedule=plateau", "optim.plateau_every=50", "data.holdout=0.05",
         "train.steps=1500", "train.image_every=0", "train.progress=none", f"train.run_dir={root / 'run'}"])
-    train(cfg)
+    train(cfg, overwrite=True)  # its own folder: a rerun draws the curve afresh
     scalars = read_scalars(root / "run")
     valid, lr, batch = scalars["valid/accuracy"], scalars["train/lr"], scalars["train/accuracy"]
     fig, ax = plt.subplots(figsize=(7, 3.6))

@@ -38,10 +38,36 @@ def _umask() -> int:
     return mask
 
 
+def _make_parents(path: Path) -> list[Path]:
+    """Create the missing folders above ``path``; returns them, deepest first, for :func:`_remove_empty`."""
+    made = []
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        made.append(parent)
+        parent = parent.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove folders a failed write created, if it left them empty: a failed command leaves no trace."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
 def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = True) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then fsync and rename it to ``path``."""
+    """Call ``write(file)`` on a temporary file beside ``path``, then fsync and rename it to ``path`` (creating
+    its folder; a failure removes the temporary file and any folder it made)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    made = _make_parents(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except BaseException:
+        _remove_empty(made)
+        raise
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give the permissions a plain open() would
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
@@ -52,6 +78,7 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = T
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        _remove_empty(made)
         raise
     fsync_path(path.parent)
 
@@ -68,16 +95,19 @@ def atomic_write_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
     is first renamed aside to ``<name>.old-*``, which :func:`aside_copies` finds if the crash fell between the two
     renames. A failing ``write`` leaves nothing behind. Returns ``target``."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: give the permissions a plain mkdir() would
+    made = _make_parents(target)
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: give the permissions a plain mkdir() would
         write(tmp)
         for f in (*tmp.iterdir(), tmp):
             fsync_path(f)
         _swap_in(tmp, target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
         raise
     return target
 
@@ -152,3 +182,57 @@ def check_output(path: str | Path, *, folder: bool, what: str) -> Path:
             "choose another path"
         )
     return p
+
+
+def source_id(path: str | Path) -> str:
+    """A short, stable name of where an output came from (its source's resolved path, hashed: no path is stored),
+    so that rerunning a command may replace its own earlier output and nothing else."""
+    import hashlib
+
+    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+
+
+def replaceable(out: str | Path, *, holds: Callable[[Path], bool], same: Callable[[Path], bool], kind: str,
+                overwrite: bool = False) -> Path:
+    """``out`` as a target to write ``kind`` to: new, an empty folder, an earlier ``kind`` made from the same source
+    (``same``), or, with ``overwrite``, any earlier ``kind``. Anything else is refused before any work starts, so a
+    mistyped path never replaces unrelated files."""
+    p = Path(out)
+    if not (p.exists() or p.is_symlink()) or (p.is_dir() and not p.is_symlink() and not any(p.iterdir())):
+        return p
+    if not holds(p):
+        raise ConfigError(f"{p}: exists and is not {kind}, so it is not replaced; choose a new output path")
+    if not (overwrite or same(p)):
+        raise ConfigError(f"{p}: holds {kind} made from another source; not replaced: choose a new output path, "
+                          f"or pass --overwrite to replace it")
+    return p
+
+
+# errno -> what the user reads: the ways writing an output fails that the user can fix
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted", errno.ENOTDIR: "a part of the path is a file, not a folder",
+                errno.EISDIR: "is a folder, not a file", errno.EFBIG: "file too large"}
+
+
+def disk_full(e: BaseException) -> bool:
+    """ENOSPC from the OS, or safetensors' / torch's wrapping of it in their own error text."""
+    return getattr(e, "errno", None) == errno.ENOSPC or any(
+        t in str(e) for t in ("No space left", "StorageFull", "code: 28"))
+
+
+def write_failure(e: BaseException) -> str | None:
+    """One line for a failed write the user can fix (a full or read-only disk, a path through a file); None for
+    any other error. Outputs are written atomically, so the line can say that nothing half-written was left."""
+    no = getattr(e, "errno", None)
+    why = WRITE_ERRNOS.get(no) or ("no space left on the device" if disk_full(e) else None)
+    if why is None:
+        return None
+    where = getattr(e, "filename", None)
+    return f"{where + ': ' if where else ''}{why}; no output was left half-written: free space or choose another place"
+
+
+def atomic_savefig(fig, path: str | Path, **options) -> None:
+    """``fig.savefig`` to ``path`` atomically (the format from the suffix): a full disk leaves no broken image."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, **options))

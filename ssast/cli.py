@@ -9,6 +9,7 @@ from pathlib import Path
 from ssast import __version__
 from ssast.config import PRECISIONS
 
+HELP_OVERWRITE = "replace an existing output made from another source (by default only a rerun's own output is replaced)"
 EPILOG_OVERRIDES = ("Dotted overrides, before or after the options, set any config key, "
                     "e.g. optim.lr=2e-4 data.batch_size=12.")
 
@@ -45,9 +46,14 @@ def _model_summary(cfg) -> str:
 
 def cmd_train(args) -> int:
     from ssast.atomic import check_output
-    from ssast.config import dump_config, load_config
+    from ssast.config import ConfigError, check_length, dump_config, load_config
     from ssast.evaluate.probe import TrainingProbe
     from ssast.train.engine import train
+    from ssast.train.runtime import resolve_device
+
+    if args.resume and args.overwrite:
+        raise ConfigError(f"--resume and --overwrite: --resume continues {args.resume}, --overwrite replaces a run; "
+                          "give one of them")
 
     if args.resume and not args.config:
         cfg_path = Path(args.resume) / "config.yaml"
@@ -55,11 +61,13 @@ def cmd_train(args) -> int:
     else:
         cfg = _load(args, task=args.command)
     check_output(cfg.train.run_dir, folder=True, what="train.run_dir")
+    check_length(cfg)  # what the run would refuse, --dry-run refuses too
+    resolve_device(cfg.train.device)
     if args.dry_run:
         print(dump_config(cfg))
         print(_model_summary(cfg))
         return 0
-    result = train(cfg, resume=args.resume, probe=TrainingProbe)
+    result = train(cfg, resume=args.resume, probe=TrainingProbe, overwrite=args.overwrite)
     final = result.get("final")
     if final:
         print(json.dumps({k: v for k, v in final.items() if isinstance(v, (int, float))}))
@@ -85,7 +93,9 @@ def cmd_evaluate(args) -> int:
     metrics.pop("per_class_ap", None)
     text = json.dumps(metrics, indent=2)
     if args.out:
-        Path(args.out).write_text(text)
+        from ssast.atomic import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
     print(text)
     return 0
 
@@ -93,6 +103,10 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from ssast.serve.inference import check_timeline_path, predict_files, write_timeline
 
+    if args.top_k < 1:
+        from ssast.config import ConfigError
+
+        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     if args.timeline:
         check_timeline_path(args.timeline)
     results = predict_files(args.checkpoint, args.files, top_k=args.top_k, device=args.device, window=args.window,
@@ -129,7 +143,7 @@ def cmd_prepare(args) -> int:
 
     check_output(args.out, folder=True, what="output folder")
     index = prepare_shards(args.source, args.out, shard_size=args.shard_size, workers=args.workers,
-                           label_csv=args.label_csv, strict=args.strict)
+                           label_csv=args.label_csv, strict=args.strict, overwrite=args.overwrite)
     print(f"wrote {len(index['shards'])} shards, {index['num_clips']} clips, "
           f"{index['total_seconds'] / 3600:.2f} h to {args.out}")
     if index["skipped"]:
@@ -151,11 +165,22 @@ def cmd_stats(args) -> int:
 
 
 def cmd_import(args) -> int:
+    import math
+
+    from ssast.atomic import check_output, replaceable
     from ssast.config import DATASET_STATS, ConfigError
 
     if (args.norm_mean is None) != (args.norm_std is None):
         raise ConfigError("--norm-mean and --norm-std go together: give both, or neither (then --stats)")
     norm = (args.norm_mean, args.norm_std) if args.norm_mean is not None else DATASET_STATS.get(args.stats)
+    if norm and not (math.isfinite(norm[0]) and math.isfinite(norm[1]) and norm[1] > 0):
+        raise ConfigError(f"--norm-mean/--norm-std: the features are divided by the std, so it must be a positive "
+                          f"number and the mean finite; got mean {norm[0]} std {norm[1]}")
+    check_output(args.out, folder=True, what="output")
+    from ssast.models.checkpoint import imported_here
+
+    replaceable(args.out, holds=lambda p: (p / "model.json").is_file(), kind="an ssast checkpoint",
+                same=lambda p: imported_here(p, args.source), overwrite=args.overwrite)
     if Path(args.source).is_dir():  # a transformers AST folder: its config.json says what the options would
         from ssast.serve.export import import_hf
 
@@ -190,7 +215,7 @@ def cmd_export(args) -> int:
     if args.format == "hf" and (args.input, args.output, args.tokens) != ("fbank", "logits", False):
         raise ConfigError("--input/--output/--tokens choose what an ONNX graph takes and gives; a transformers folder "
                           "is the model as transformers builds it (a pretraining checkpoint exports as ASTModel)")
-    written = export_checkpoint(args.checkpoint, args.out, args.format, **options)
+    written = export_checkpoint(args.checkpoint, args.out, args.format, overwrite=args.overwrite, **options)
     print(f"exported {args.checkpoint} -> {written} ({args.format})")
     return 0
 
@@ -234,8 +259,10 @@ def cmd_compare(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from ssast.atomic import check_output
     from ssast.demo.run import run_demo
 
+    check_output(args.out, folder=True, what="--out")
     run_demo(args.out, quick=args.quick)
     return 0
 
@@ -250,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
         p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
         p.add_argument("--dry-run", action="store_true", help="print the resolved config and model summary, then exit")
+        p.add_argument("--overwrite", action="store_true", help="train.run_dir holds an earlier run: remove that run's "
+                       "files (checkpoints, final, config, logs...) and start a new one there; without it such a folder "
+                       "is refused")
         p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of fine-tuned checkpoint(s) on a labelled list; several = an ensemble",
@@ -293,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--label-csv")
     p.add_argument("--strict", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("stats", help="fbank mean and std of the training data (for audio.norm_mean/std)",
@@ -315,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "a transformers folder's preprocessor_config.json has its own)")
     p.add_argument("--norm-mean", type=float, help="own statistics instead of --stats (with --norm-std)")
     p.add_argument("--norm-std", type=float)
+    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("export", help="write a checkpoint as a transformers folder (hf) or an ONNX file (onnx)")
@@ -326,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", choices=["logits", "embeddings"], default="logits",
                    help="onnx: a classifier's logits (default), or the clip embedding of ssast embed (any checkpoint)")
     p.add_argument("--tokens", action="store_true", help="onnx --output embeddings: also the token embeddings")
+    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("probe", help="frozen-encoder linear probe and k-NN per layer of a checkpoint",
@@ -397,6 +430,14 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as e:
         print(f"ssast {args.command}: error: {e}", file=sys.stderr)
         return 130 if type(e).__name__ == "TrainingStopped" and "signal" in str(e) else 2
+    except Exception as e:  # a full or read-only disk, a path through a file: outputs are atomic, nothing is half-left
+        from ssast.atomic import write_failure
+
+        why = write_failure(e)
+        if why is None:
+            raise
+        print(f"ssast {args.command}: error: {why}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

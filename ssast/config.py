@@ -97,8 +97,8 @@ class ModelConfig:
         if self.size in MODEL_SIZES:
             d, l, h = MODEL_SIZES[self.size]
             self.dim, self.depth, self.heads = self.dim or d, self.depth or l, self.heads or h
-        self.fstride = self.fstride or self.fshape
-        self.tstride = self.tstride or self.tshape
+        self.fstride = self.fshape if self.fstride is None else self.fstride  # 0 stays 0: validate() refuses it
+        self.tstride = self.tshape if self.tstride is None else self.tstride
 
     @property
     def is_frame(self) -> bool:
@@ -460,6 +460,9 @@ def _minimums(cfg: Config) -> list[tuple[str, float, float]]:
         ("train.probe_every", t.probe_every, 0),
         ("data.holdout", cfg.data.holdout, 0),
         ("model.projector_dim", cfg.model.projector_dim, 0),
+        ("model.fstride", cfg.model.fstride, 1),
+        ("model.tstride", cfg.model.tstride, 1),
+        ("data.num_workers", cfg.data.num_workers, -1),  # -1: sized from the machine
     ]
     if o.schedule == "step":
         checks.append(("optim.step_every", o.step_every, 1))
@@ -555,6 +558,9 @@ def validate(cfg: Config) -> None:
     for key, value, low in _minimums(cfg):
         if not value >= low:  # also catches NaN
             raise ConfigError(f"{key} must be at least {low}, got {value}", [key])
+    if not (math.isfinite(cfg.audio.norm_std) and cfg.audio.norm_std > 0):  # features are divided by it
+        raise ConfigError(f"audio.norm_std must be a positive number (the fbank's standard deviation), got "
+                          f"{cfg.audio.norm_std}", ["audio.norm_std"])
     if not (math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0):
         raise ConfigError(f"optim.lr must be a positive number, got {cfg.optim.lr}", ["optim.lr"])
     if len(cfg.optim.betas) != 2:
@@ -577,6 +583,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError("augment.mixup_partner=dataset mixes waveforms: it needs augment.mixup_domain=wave "
                           "(or mixup_partner=batch for fbank mixing)",
                           ["augment.mixup_partner", "augment.mixup_domain"])
+
+
+def check_length(cfg: Config) -> None:
+    """A training run's length: pretraining counts steps, fine-tuning epochs (checked for runs, --dry-run too;
+    evaluation and probing load the same config without a length)."""
+    key = "train.steps" if cfg.task == "pretrain" else "train.epochs"
+    if getattr(cfg.train, key.split(".")[1]) <= 0:
+        raise ConfigError(f"{key}: {cfg.task} needs a positive number of {key.split('.')[1]}, got "
+                          f"{getattr(cfg.train, key.split('.')[1])}", [key])
 
 
 def dump_config(cfg: Config) -> str:

@@ -330,6 +330,16 @@ def test_outputs_that_are_other_folders_are_not_replaced(tmp_path, capsys):
     assert export_hf(ckpt, tmp_path / "hf") == tmp_path / "hf"
     line = one_line_error(capsys, "predict", tmp_path / "hf", "x.wav")
     assert "transformers AST folder" in line and "ssast import-checkpoint" in line
+    # an export of another checkpoint, or an import over a checkpoint from elsewhere, needs --overwrite (issue 25)
+    other = save_ours(tmp_path / "other", seed=1)
+    line = one_line_error(capsys, "export", other, tmp_path / "hf", "--format", "hf")
+    assert "another source" in line and "--overwrite" in line
+    assert run(capsys, "export", other, tmp_path / "hf", "--format", "hf", "--overwrite")[0] == 0
+    before = (other / "model.safetensors").read_bytes()
+    line = one_line_error(capsys, "import-checkpoint", tmp_path / "hf", other)
+    assert "--overwrite" in line and (other / "model.safetensors").read_bytes() == before
+    assert run(capsys, "import-checkpoint", tmp_path / "hf", tmp_path / "imp")[0] == 0
+    assert run(capsys, "import-checkpoint", tmp_path / "hf", tmp_path / "imp")[0] == 0  # a rerun of the same import
 
 
 def test_export_is_atomic(tmp_path, monkeypatch):

@@ -123,9 +123,13 @@ def run(capsys, *args) -> tuple[int, str, str]:
 def test_cli_export_and_one_line_errors(tmp_path, capsys):
     ckpt = write_classifier(tmp_path / "ckpt", "patch_mean")
     out = tmp_path / "m.onnx"
-    out.write_bytes(b"an older export")  # replaced whole
-    code, stdout, err = run(capsys, "export", ckpt, out, "--format", "onnx")
-    assert code == 0, err
+    out.write_bytes(b"not an export")  # an unrelated file is never replaced (issue 25)
+    code, _, err = run(capsys, "export", ckpt, out, "--format", "onnx")
+    assert code == 2 and "not replaced" in err and out.read_bytes() == b"not an export"
+    out.unlink()
+    for _ in range(2):  # the second run replaces the first's export of the same checkpoint, whole
+        code, stdout, err = run(capsys, "export", ckpt, out, "--format", "onnx")
+        assert code == 0, err
     assert f"-> {out} (onnx)" in stdout
     assert onnx_metadata(out)["target_length"] == "64"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.onnx"]

@@ -62,7 +62,7 @@ def test_invalid_numbers_are_refused_before_the_run(overrides, key, value, tmp_p
 
 def test_valid_mask_counts_and_fractions_pass(tmp_path, capsys):
     for mask in ("0.5", "31", "1"):
-        code, out, err = run(capsys, "pretrain", "--dry-run", *TINY, f"model.mask_patch={mask}",
+        code, out, err = run(capsys, "pretrain", "--dry-run", *TINY, f"model.mask_patch={mask}", "train.steps=2",
                              f"train.run_dir={tmp_path / 'r'}")
         assert code == 0, err
         assert "grid 8x4 = 32 tokens" in out
@@ -277,7 +277,7 @@ def test_evaluate_as_the_readme_writes_it(finetuned, corpus, tmp_path, capsys):
 def test_overrides_before_and_after_the_config(command, finetuned, tmp_path, capsys):
     _, cfg = finetuned
     code, out, err = run(capsys, command, "optim.lr=3e-4", "-c", cfg, "--dry-run", "data.batch_size=5",
-                         "model.mask_patch=0.5", f"train.run_dir={tmp_path / 'r'}")
+                         "model.mask_patch=0.5", "train.steps=2", "train.epochs=1", f"train.run_dir={tmp_path / 'r'}")
     assert code == 0, err
     dumped = yaml.safe_load(out.split("\nmodel: ")[0])
     assert dumped["task"] == command and dumped["optim"]["lr"] == 3e-4 and dumped["data"]["batch_size"] == 5

@@ -62,6 +62,8 @@ def open_audio(source: AudioSource, name: str) -> sf.SoundFile:
     if isinstance(source, (str, Path)):
         if not os.path.exists(source):
             raise audio_error(name, "missing", "file not found; check the path in your list or folder")
+        if os.path.isdir(source):
+            raise audio_error(name, "missing", "is a folder, not an audio file; check the path in your list")
         if os.path.isfile(source) and os.path.getsize(source) == 0:
             raise audio_error(name, "empty", "the file is 0 bytes; re-export or remove it")
     elif isinstance(source, (bytes, bytearray, memoryview)):
@@ -81,6 +83,39 @@ def audio_info(path: str | Path) -> tuple[int, int, int]:
     name = str(path)
     with open_audio(path, name) as f:
         return int(f.frames), int(f.samplerate), int(f.channels)
+
+
+def wav_truncation(path: str | Path) -> str | None:
+    """Why a RIFF/WAV file is cut short (its data chunk promises more bytes than the file holds), or None.
+
+    libsndfile decodes such a file up to where it ends, silently; strict mode (``data.strict``) refuses it with this
+    reason, and the default mode uses the part that is there. Headers of streamed WAVs (size 0 or 0xFFFFFFFF) promise
+    nothing and pass."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            size = os.fstat(f.fileno()).st_size
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, n = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if cid == b"data":
+                    have = size - f.tell()
+                    return (f"the data chunk promises {n} bytes but the file holds {have}"
+                            if n not in (0, 0xFFFFFFFF) and have < n else None)
+                f.seek(n + (n & 1), os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+def require_complete(path: str | Path, name: str) -> None:
+    """Strict mode's check: an AudioError (corrupt) naming ``name`` when ``path`` is a WAV cut short."""
+    cut = wav_truncation(path)
+    if cut:
+        raise audio_error(name, "corrupt", f"truncated: {cut}; re-export it or leave strict mode off")
 
 
 def crop_offset(total: int, window: int, crop: CropMode, rng: np.random.Generator | None) -> int:

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ssast.audio.fbank import frames_for, max_samples, window_hop
-from ssast.audio.io import AudioError, load_audio
+from ssast.audio.io import AudioError, load_audio, require_complete
 from ssast.config import AudioConfig
 from ssast.data.manifest import Clip, LabelSet
 
@@ -115,8 +115,13 @@ class ClipDataset(Dataset):
         key = self.clips[index].key or self.clips[index].path
         try:
             wave, y = self._load(index, rng)
+            if self.strict:  # strict mode refuses a WAV cut short; the default mode trains on the part that is there
+                require_complete(self.clips[index].path, key)
         except AudioError as e:
             if self.strict:
+                path = self.clips[index].path
+                if key != path:  # a folder's clip is keyed by its bare name: the error names its path
+                    raise AudioError(str(e).replace(key, path, 1), kind=e.kind, path=path) from None
                 raise
             return bad_item(key, e)
         if self.mixup_prob > 0 and rng.random() < self.mixup_prob:

@@ -215,6 +215,30 @@ class ClipLoader:
         finally:
             del it  # stop the worker processes now, not when the traceback is garbage-collected
 
+    def preflight(self) -> None:
+        """Before the first step: a split of clip lists or folders with no clip, or (for evaluation) none whose file
+        opens as audio, stops here in one line with the counts and reasons, not after an epoch of training. Reads
+        headers only, and only until the first good clip."""
+        clips = [c for ds in self.datasets for c in getattr(ds, "clips", ())]
+        if self.sampler is None:
+            return  # shard streams: checked as they are read (their index says how many clips they hold)
+        if not clips:
+            raise DataError(f"{self.name}: the sources hold no clips (an empty list or folder)")
+        if self.training:
+            return  # the training pass reports its own bad clips, and stops on none
+        from ssast.audio.io import audio_info
+
+        reasons: collections.Counter[str] = collections.Counter()
+        examples = []
+        for c in clips:
+            try:
+                audio_info(c.path)
+                return
+            except AudioError as e:
+                reasons[e.kind] += 1
+                examples.append(f"{c.key or c.path} ({_short_reason(c.key or c.path, str(e))})")
+        raise DataError(f"{self.name}: no usable clip; " + summarize_skips(len(clips), dict(reasons), examples))
+
     def reset_counts(self) -> None:
         """Forget the skip counts (before an evaluation pass, so its summary covers that pass alone)."""
         self.seen = 0

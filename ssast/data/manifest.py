@@ -7,9 +7,10 @@ Every problem raises :class:`DataError` naming the file, and the line or entry.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-import warnings
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,11 @@ def read_label_csv(path: str | Path) -> LabelSet:
     if not path.is_file():
         raise DataError(f"label file not found: {path}")
     rows: list[tuple[int, str, str]] = []
-    with open(path, newline="", encoding="utf-8") as f:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save the label CSV as UTF-8") from None
+    with io.StringIO(text, newline="") as f:
         for lineno, row in enumerate(csv.reader(f), start=1):
             if not row or all(not c.strip() for c in row):
                 continue
@@ -214,10 +219,12 @@ def report_missing(
     """Raise DataError listing the count and first 5 missing files, or warn and return the text when allowed."""
     if not missing:
         return None
-    shown = "\n  ".join(missing[:5])
+    # a folder where a clip should be is not "missing": say what is there
+    shown = "\n  ".join(p + (" (a folder, not an audio file)" if os.path.isdir(p) else "") for p in missing[:5])
     more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
     text = f"{source_name}: {len(missing)} of {total} files are missing, e.g.:\n  {shown}{more}"
     if not allow_missing:
         raise DataError(text + "\nFix the paths, or set data.allow_missing=true to skip these clips.")
-    warnings.warn(text + "\n(skipping them: data.allow_missing=true)", stacklevel=2)
+    # a plain line on stderr: warnings.warn would add this module's file, line and source text
+    print(f"warning: {text}\n(skipping them: data.allow_missing=true)", file=sys.stderr)
     return text

@@ -31,7 +31,7 @@ import torch
 import webdataset as wds
 
 from ssast.atomic import atomic_write_text, fsync_path
-from ssast.audio.io import AudioError, load_audio
+from ssast.audio.io import AudioError, load_audio, require_complete
 from ssast.data.progress import Progress
 from ssast.data.manifest import Clip, DataError, list_audio_folder, read_json_list, read_label_csv
 from ssast.data.shard_format import INDEX_FORMAT, INDEX_NAME, INDEX_VERSION, SAMPLE_RATE, shard_name, sidecar_path
@@ -84,6 +84,8 @@ def _write_members(writer: wds.TarWriter, task: dict, max_samples: int | None, s
     for path, labels, key in task["clips"]:
         try:
             wave = load_audio(path, sample_rate=SAMPLE_RATE, max_samples=max_samples, crop="start")
+            if task["strict"]:  # as training's strict mode: a WAV cut short is refused, not packed half
+                require_complete(path, path)
         except AudioError as e:
             if task["strict"]:
                 raise
@@ -149,6 +151,25 @@ def _write_shard_body(task: dict) -> dict:
     return meta
 
 
+def _claim(out_dir: str, source: str, overwrite: bool) -> None:
+    """Refuse to write into shards packed from another source (rerunning the same source resumes); with
+    ``overwrite``, remove them (shard files and index only) so the two sources never mix."""
+    index = os.path.join(out_dir, INDEX_NAME)
+    try:
+        with open(index) as f:
+            old = json.load(f).get("source")
+    except (OSError, ValueError, AttributeError):
+        return  # no index: a new folder, or an interrupted run whose shards are checked by fingerprint
+    if old == os.path.abspath(source):
+        return
+    if not overwrite:
+        raise DataError(f"{out_dir}: holds shards packed from {old}, not {source}; not replaced: choose another "
+                        f"output folder, or pass --overwrite to replace them")
+    for name in os.listdir(out_dir):
+        if re.fullmatch(r"shard-\d{6}\.(tar|json)", name) or name == INDEX_NAME:
+            os.remove(os.path.join(out_dir, name))
+
+
 def _remove_tmp_files(out_dir: str) -> None:
     """Delete temporary shard/sidecar files; they are never a finished shard."""
     for name in os.listdir(out_dir):
@@ -198,16 +219,19 @@ def prepare_shards(
     max_seconds: float | None = None,
     strict: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Pack a JSON list or a folder of audio into FLAC tar shards in parallel; resumable; returns the written index.
 
     Shard i holds source clips [i * shard_size, (i + 1) * shard_size) minus bad clips, which are skipped and counted
     by kind (or raise :class:`AudioError` with ``strict``). ``max_seconds`` keeps only the start of longer clips.
     ``workers`` <= 1 runs in this process; otherwise a spawn-context process pool writes shards concurrently.
+    A folder of shards packed from another source is refused, unless ``overwrite`` (its shards are removed first).
     """
     if shard_size < 1:
         raise DataError(f"shard_size must be >= 1, got {shard_size}")
     clips = _read_source(source, label_csv)
+    _claim(out_dir, source, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     _remove_tmp_files(out_dir)  # leftovers of an interrupted run
     num_shards = math.ceil(len(clips) / shard_size)

@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+from ssast.atomic import atomic_write_text
 from ssast.demo.synthetic import make_corpus
 
 DEMO_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
@@ -39,7 +40,9 @@ def _config(name: str, overrides: list[str]):
 
 
 def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
-    """Make the corpus, pretrain patch/frame/visible models, fine-tune them and a scratch baseline; print a table."""
+    """Make the corpus, pretrain patch/frame/visible models, fine-tune them and a scratch baseline; print a table.
+
+    The demo's run folders are its own: a rerun replaces them (``overwrite``), so it always starts afresh."""
     from ssast.evaluate.compare import format_table, plot_probe_comparison, read_scalars
     from ssast.evaluate.label_efficiency import efficiency_table, plot_efficiency
     from ssast.evaluate.probe import TrainingProbe
@@ -60,7 +63,7 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
         cfg = _config("finetune", shape + data + [
             f"data.train=[{train_list}]", f"data.test=[{corpus.test}]", f"model.init={init}", *ft_len,
             f"train.run_dir={out / run}"])
-        return round(train(cfg)["final"]["accuracy"], 4)
+        return round(train(cfg, overwrite=True)["final"]["accuracy"], 4)
 
     rows, probes = [], Probes(out)
     started = time.time()
@@ -68,7 +71,7 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
         cfg = _config("pretrain", shape + probe + [f"data.train=[{corpus.pool}]", *pre_len,
                                                    f"train.run_dir={out / ('pretrain-' + name)}"])
         t0 = time.time()
-        result = train(cfg, probe=TrainingProbe)
+        result = train(cfg, probe=TrainingProbe, overwrite=True)
         probes.while_pretraining += sum(h["seconds"] for h in result["history"] if h["split"] == "probe")
         rows.append({"model": name, "pretrain_s": round(time.time() - t0, 1),
                      "masked_acc": _last(out / f"pretrain-{name}", "train/accuracy"),
@@ -97,8 +100,9 @@ def run_demo(out: str | Path = "demo_runs", quick: bool = False) -> list[dict]:
     scalars = {name: read_scalars(out / f"pretrain-{name}") for name in PRETRAIN_SHAPES}
     plot_probe_comparison(probes.results, out / "probe.png",
                           steps={n: s["probe/linear_acc"] for n, s in scalars.items() if "probe/linear_acc" in s})
-    (out / "demo_results.md").write_text(table + "\n\nLabel efficiency (test accuracy, %):\n\n" + curve_table + "\n")
-    (out / "demo_results.json").write_text(json.dumps({"models": rows, "label_efficiency": curve}, indent=2))
+    atomic_write_text(out / "demo_results.md",
+                      table + "\n\nLabel efficiency (test accuracy, %):\n\n" + curve_table + "\n")
+    atomic_write_text(out / "demo_results.json", json.dumps({"models": rows, "label_efficiency": curve}, indent=2))
     print("\nssast demo: pretrained on an unlabeled pool, fine-tuned on "
           f"{len(json.loads(labelled.read_text())['data'])} labelled clips, tested on "
           f"{len(json.loads(corpus.test.read_text())['data'])}\n")

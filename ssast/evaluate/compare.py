@@ -12,6 +12,9 @@ from pathlib import Path
 
 import yaml
 
+from ssast.atomic import atomic_savefig, atomic_write_text
+from ssast.config import ConfigError
+
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """All scalar series of a run's TensorBoard log, read with tensorboard's own reader."""
@@ -65,18 +68,29 @@ def probe_columns(probe: dict | None, scalars: dict) -> dict:
     return {**cols, "probe_step": scalars[tag][-1][0]}
 
 
+def _read(path: Path, parse):
+    """A run's JSON or YAML file, parsed; a damaged one is one line naming it."""
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: damaged, cannot be read ({str(e).splitlines()[0]}); "
+                          f"leave this run out of the comparison") from None
+
+
 def summarize(run_dir: Path) -> dict:
     """One row: the run's setting, cost, final metrics and probe scores (a bare probe result gives a probe row)."""
     run_dir = Path(run_dir)
     metrics_file = run_dir / "metrics.json"
     probe_file = find_probe(run_dir)
-    probe = json.loads(probe_file.read_text()) if probe_file else None
+    probe = _read(probe_file, json.loads) if probe_file else None
     if not metrics_file.is_file() and probe is not None:
         return {"run": run_name(run_dir), "task": "probe", **probe_columns(probe, {})}
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{run_dir}: no metrics.json nor probe.json (is it a finished run directory?)")
-    metrics = json.loads(metrics_file.read_text())
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    metrics = _read(metrics_file, json.loads)
+    cfg = _read(run_dir / "config.yaml", yaml.safe_load) if (run_dir / "config.yaml").is_file() else {}
+    if not isinstance(metrics, dict) or not isinstance(cfg, dict):
+        raise ConfigError(f"{run_dir}: metrics.json or config.yaml is not a mapping; the run's files are damaged")
     m = cfg.get("model", {})
     scalars = read_scalars(run_dir)
     row = {
@@ -136,7 +150,7 @@ def compare_runs(run_dirs: list[str], out_dir: str) -> tuple[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = [summarize(Path(r)) for r in run_dirs]
     table = format_table(rows)
-    (out / "compare.md").write_text(table + "\n")
+    atomic_write_text(out / "compare.md", table + "\n")
     series = {r: (read_scalars(Path(r)) if Path(r).is_dir() else {}) for r in run_dirs}
     probes = _probe_results(run_dirs)
     panels = [p for p in ("train/loss", "train/accuracy", "valid/accuracy", "valid/mAP")
@@ -155,7 +169,7 @@ def compare_runs(run_dirs: list[str], out_dir: str) -> tuple[str, Path]:
                      f"{tag} (last layer, while pretraining)" if probing else tag, "o-" if probing else "-")
     fig.tight_layout()
     png = out / "curves.png"
-    fig.savefig(png, dpi=90)
+    atomic_savefig(fig, png, dpi=90)
     plt.close(fig)
     return table, png
 
@@ -201,6 +215,6 @@ def plot_probe_comparison(probes: dict[str, dict], png: Path,
         metric = next(iter(probes.values()))["metric"] if probes else "score"
         _plot_series(axes[0][1], steps, f"probe {metric} of the last layer while pretraining", "o-")
     fig.tight_layout()
-    fig.savefig(png, dpi=90)
+    atomic_savefig(fig, png, dpi=90)
     plt.close(fig)
     return Path(png)

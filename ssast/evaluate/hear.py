@@ -143,6 +143,10 @@ class HearModel(nn.Module):
                 f"ssast.hear: {audio.shape[1]} samples is shorter than one 25 ms analysis window "
                 f"({self.min_samples} at {self.sample_rate} Hz)", kind="too_short"
             )
+        bad = (~torch.isfinite(audio).all(dim=1)).nonzero().flatten().tolist()
+        if bad:  # NaN in gives NaN out for the whole clip: say which, as load_audio does for files
+            raise AudioError(f"ssast.hear: sound(s) {bad[:5]}{' ...' if len(bad) > 5 else ''} of {audio.shape[0]} "
+                             f"hold NaN or infinite samples; clean or drop them", kind="nonfinite")
         wave = audio.to(self.device, torch.float32)
         # as load_audio does for files (the fbank removes each frame's DC too, so this changes only rounding)
         return wave - wave.double().mean(dim=1, keepdim=True).float()

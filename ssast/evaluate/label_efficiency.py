@@ -70,6 +70,8 @@ def plot_efficiency(rows: list[dict], chance: dict[str, float], png: Path) -> Pa
     axes[0][0].set_ylabel("test accuracy (%)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    from ssast.atomic import atomic_savefig
+
+    atomic_savefig(fig, png, dpi=110)
     plt.close(fig)
     return png

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,7 @@ def probe_loader(cfg: Config, sources: list[str], name: str, labels):
     pcfg = dataclasses.replace(cfg, task="finetune", data=data, augment=AugmentConfig())
     loader = build_loader(pcfg, "test", labels=labels)
     loader.name = name
+    loader.preflight()  # an empty or unreadable probe list stops before any embedding
     return loader
 
 
@@ -302,6 +304,8 @@ def probe_checkpoint(ckpt: str, cfg: Config, out_dir: str | Path, cache_dir: str
 
     enc_hash = encoder_fingerprint(encoder) if cache_dir is not None else ""
     embedded, cache = {}, {}
+    # every list is checked (probe_loader's preflight) before the first clip is embedded
+    loaders = {split: probe_loader(run_cfg, sources, name, labels) for split, (name, sources) in splits.items()}
     for split, (name, sources) in splits.items():
         path = None
         if cache_dir is not None:
@@ -310,10 +314,13 @@ def probe_checkpoint(ckpt: str, cfg: Config, out_dir: str | Path, cache_dir: str
         found = read_cached(path) if path is not None else None
         cache[split] = "hit" if found is not None else ("miss" if path is not None else "off")
         if found is None:
-            found = embed_loader(encoder, probe_loader(run_cfg, sources, name, labels), feature_fn,
-                                 rt.autocast)
+            found = embed_loader(encoder, loaders[split], feature_fn, rt.autocast)
             if path is not None:
-                write_cached(path, found)
+                try:
+                    write_cached(path, found)
+                except OSError as e:  # a cache that cannot be written costs speed next time, never this result
+                    print(f"probe: embedding cache {path.parent} not written ({e.strerror}); the probe goes on",
+                          file=sys.stderr)
         embedded[split] = found
     t_embed = time.time() - t0
     result = evaluate_embeddings(embedded["train"], embedded.get("valid"), embedded["test"], cfg.data.multilabel)
@@ -324,7 +331,9 @@ def probe_checkpoint(ckpt: str, cfg: Config, out_dir: str | Path, cache_dir: str
                   seconds={"embed": round(t_embed, 2), "fit": round(time.time() - t0 - t_embed, 2)})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    from ssast.atomic import atomic_write_text
+
+    atomic_write_text(out / "probe.json", json.dumps(result, indent=2) + "\n")
     plot_probe(result, out / "probe.png")
     return result
 
@@ -409,5 +418,7 @@ def plot_probe(result: dict, png: Path) -> None:
     ax.set_title(Path(str(result.get("checkpoint", ""))).name or "probe", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(png, dpi=90)
+    from ssast.atomic import atomic_savefig
+
+    atomic_savefig(fig, png, dpi=90)
     plt.close(fig)

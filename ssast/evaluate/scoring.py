@@ -42,6 +42,7 @@ def evaluate_checkpoint(ckpt: str | list[str], cfg: Config) -> dict:
             return features(batch["wave"].to(rt.device), batch["num_frames"].to(rt.device), train=False)
 
         loader = build_loader(run_cfg, split, labels=labels)
+        loader.preflight()
         scores, targets, keys = predict_scores(model, loader, rt.autocast, feature_fn, sigmoid=uses_sigmoid(run_cfg))
         all_scores.append(scores)
         single = classification_metrics(scores, targets, cfg.data.multilabel)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -162,9 +163,24 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         doc = _from_version_1(doc)
     drop_legacy_keys(doc)  # version-1 audio settings carry a key that never had an effect
     try:
-        return from_dict(CheckpointMeta, doc)
+        meta = from_dict(CheckpointMeta, doc)
     except ConfigError as e:
         raise CheckpointError(f"{f}: invalid metadata: {e}") from None
+    a = meta.audio
+    if a is not None and not (math.isfinite(a.norm_std) and a.norm_std > 0 and math.isfinite(a.norm_mean)):
+        # the features are divided by the std: every score and embedding would be NaN
+        raise CheckpointError(f"{f}: audio.norm_std must be a positive number, got {a.norm_std} (mean {a.norm_mean}); "
+                              f"import the checkpoint again with a positive --norm-std")
+    return meta
+
+
+def imported_here(path: str | Path, source: str | Path) -> bool:
+    """Whether checkpoint ``path`` was imported from a file or folder of the same name as ``source`` (a rerun of the
+    same import may replace it; anything else needs --overwrite)."""
+    try:
+        return read_checkpoint_meta(path).imported_from == Path(source).name
+    except CheckpointError:
+        return False
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -199,19 +199,28 @@ def embed_files(ckpt: str, files: list[str], out_dir: str, tokens: bool = False,
     autocast = inference_autocast(precision, dev, model.cfg.dim)
     audio = audio_config_of(meta)
     windowing = resolve_windowing(audio, window, hop)
+    from ssast.atomic import atomic_write
+
     out = Path(out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     written = []
     outputs = windowed_outputs(partial(_embedding, model, tokens=tokens), files, audio, windowing, dev, batch_size,
                                autocast)
-    for i, (f, rows) in enumerate(per_file(files, outputs)):
-        emb = torch.stack([w.row for w in rows]).numpy()
-        stem = f"{i:05d}_{Path(f).stem}"  # the index keeps files of the same name apart
-        if timestamps:
-            p = out / f"{stem}.npz"
-            np.savez(p, embeddings=emb, starts=np.array([w.start for w in rows]), ends=np.array([w.end for w in rows]))
-        else:
-            p = out / f"{stem}.npy"
-            np.save(p, emb.mean(0))
-        written.append(p)
+    try:
+        for i, (f, rows) in enumerate(per_file(files, outputs)):
+            emb = torch.stack([w.row for w in rows]).numpy()
+            stem = f"{i:05d}_{Path(f).stem}"  # the index keeps files of the same name apart
+            if timestamps:
+                p = out / f"{stem}.npz"
+                atomic_write(p, lambda fh: np.savez(fh, embeddings=emb, starts=np.array([w.start for w in rows]),
+                                                    ends=np.array([w.end for w in rows])))
+            else:
+                p = out / f"{stem}.npy"
+                atomic_write(p, lambda fh: np.save(fh, emb.mean(0)))
+            written.append(p)
+    except BaseException:
+        if created and not any(out.iterdir()):  # a folder this call made and filled with nothing: not left behind
+            out.rmdir()
+        raise
     return written

@@ -18,7 +18,6 @@ any moment leaves the previous checkpoint usable.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import fcntl
 import os
 import re
@@ -26,8 +25,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from ssast.atomic import atomic_write_text, fsync_path
+from ssast.atomic import atomic_write_text, disk_full, fsync_path  # noqa: F401 (disk_full: used by the engine)
 from ssast.config import Config, ConfigError, load_config
+from ssast.train.run_folder import check_links, remove_run
 from ssast.train.state_io import STATE as TRAINER_STATE
 
 # What a resumed run may change: how long it runs, how often it logs, saves and evaluates, and how it reads data.
@@ -50,7 +50,12 @@ class RunLock:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / ".lock"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a `.lock` link would make the pid overwrite whatever file it points to
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise ConfigError(f"train.run_dir {run_dir}: cannot lock {self.path} ({e.strerror}); a run writes only "
+                              f"real paths inside its own folder") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -67,19 +72,28 @@ class RunLock:
             self.fd = -1
 
 
-def open_run_dir(run_dir: Path, config_text: str | None, stream=None) -> RunLock:
-    """Create and lock a run directory, remove what killed saves left there, and write ``config_text`` (a new run's
-    config; None on resume, whose config is written only once its state has loaded). Returns the held lock."""
+def open_run_dir(run_dir: Path, config_text: str, stream=None, *, replace: bool = False) -> RunLock:
+    """Create and lock a run directory, remove what killed saves left there (and with ``replace``, an overwrite, the
+    old run's own files), then write ``config_text``. Called once every check has passed: a refused start writes
+    nothing. Returns the held lock."""
     try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"train.run_dir {run_dir}: cannot create the run directory ({e.strerror or e}); "
                           f"choose another train.run_dir") from None
     lock = RunLock(run_dir)
-    for stale in clean_stale(run_dir):
-        print(f"removed {stale}, left by an interrupted save", file=stream or sys.stderr)
-    if config_text is not None:
+    try:
+        check_links(run_dir, removing=replace)  # again under the lock: nothing changed it in between
+        say = lambda text: print(text, file=stream or sys.stderr)  # noqa: E731
+        if replace and (removed := remove_run(run_dir)):
+            say(f"--overwrite: removed the earlier run's {', '.join(removed)} from {run_dir}")
+        for stale in clean_stale(run_dir):
+            say(f"removed {stale}, left by an interrupted save")
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", config_text)
+    except BaseException:
+        lock.release()
+        raise
     return lock
 
 
@@ -90,12 +104,6 @@ def check_resume_config(run_dir: Path, cfg: Config) -> None:
         may = RESUME_MAY_CHANGE + (RESUME_MAY_CHANGE_PRETRAIN if cfg.task == "pretrain" else ())
         raise ConfigError(f"--resume {run_dir}: cannot change {'; '.join(conflicts)}. A resume may change only "
                           f"{', '.join(may)}; nothing was written")
-
-
-def disk_full(e: BaseException) -> bool:
-    """ENOSPC from the OS, or safetensors' / torch's wrapping of it in their own error text."""
-    return getattr(e, "errno", None) == errno.ENOSPC or any(
-        t in str(e) for t in ("No space left", "StorageFull", "code: 28"))
 
 
 def clean_stale(run_dir: Path) -> list[Path]:
@@ -191,3 +199,31 @@ def model_meta(cfg: Config, kind: str, labels, step: int, epoch: int):
         task=cfg.task, labels=list(labels.names) if labels is not None else None,
         label_ids=list(labels.ids) if labels is not None else None)
 
+
+
+def restore(trainer, path: Path) -> None:
+    """Load checkpoint ``path`` (weights and trainer state, checked against its schema) into ``trainer``; a part
+    that does not fit this run ends in one line naming it."""
+    from ssast.models.checkpoint import CheckpointError, load_state
+    from ssast.train.state_io import check_state, read_state
+
+    st = read_state(path)  # JSON + safetensors: a foreign run directory cannot execute anything here
+    check_state(st, path)
+    t = trainer
+    parts = (
+        ("model.safetensors", lambda: t.model.load_state_dict(load_state(path), strict=True)),
+        ("optimizer", lambda: t.optimizer.load_state_dict(st["optimizer"])),
+        ("schedule", lambda: t.schedule.load_state_dict(st["schedule"])),
+        ("gen", lambda: t.gen.set_state(st["gen"])),
+        ("ema", lambda: t.ema.module.load_state_dict(st["ema"]) if t.ema and st["ema"] is not None else None),
+        ("task", lambda: t.task.load_state_dict(st["task"])),
+    )
+    for name, load in parts:
+        try:
+            load()
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"{path}: {name} does not fit this run ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    t.step, t.epoch, t.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
+    t.bad_total, t.best, t.history, t.elapsed = st["bad_total"], st["best"], st["history"], st["elapsed"]
+    t._restored_rng = st["rng"]  # applied when the loop starts, after everything set-up may draw

@@ -26,7 +26,8 @@ from ssast.train import checkpoints as ck
 from ssast.train.logging import Board, Progress
 from ssast.train.optim import LRSchedule, build_optimizer
 from ssast.train.batches import training_inputs
-from ssast.train.state_io import read_state, write_state
+from ssast.train.run_folder import check_run_folder
+from ssast.train.state_io import write_state
 from ssast.train.tasks import build_task
 from ssast.train.runtime import (
     peak_memory_mb,
@@ -50,7 +51,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, *, resume: str | None = None, stream=None, probe=None):
+    def __init__(self, cfg: Config, *, resume: str | None = None, stream=None, probe=None, overwrite: bool = False):
         if cfg.train.probe_every and probe is None:
             raise ConfigError("train.probe_every: this caller gives no probe; run `ssast pretrain`, or pass "
                               "probe=ssast.evaluate.probe.TrainingProbe to train()", ["train.probe_every"])
@@ -58,19 +59,26 @@ class Trainer:
         if resume:  # a resume writes only into the directory it resumes, whatever the config says
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=str(resume)))
         self.cfg = cfg
-        self.rt = setup_runtime(cfg.train.device, cfg.train.precision, cfg.model.dim)
-        rt = self.rt
-        seed_everything(cfg.train.seed + rt.rank)
         self.run_dir = Path(cfg.train.run_dir)
+        self.rt = setup_runtime(cfg.train.device, cfg.train.precision, cfg.model.dim)
+        seed_everything(cfg.train.seed + self.rt.rank)
+        # every check reads only: a refused or failed start writes nothing (run_folder.py says what may be written);
+        # rank 0 owns the folder (the other ranks would see its files and its lock)
+        if self.rt.is_main:
+            check_run_folder(self.run_dir, resume=bool(resume), overwrite=overwrite)
         self.resume_from = ck.resolve_resume(self.run_dir) if resume else None
         if resume:
             ck.check_resume_config(self.run_dir, cfg)
-        # rank 0 owns the directory: created, locked, cleaned of half-written saves; a new run's config is written
-        self.lock = ck.open_run_dir(self.run_dir, None if resume else dump_config(cfg), stream) if rt.is_main else None
+        self.lock = None
         try:
             self._build(stream)
+            if self.rt.is_main:  # rank 0 owns the directory: created, locked, cleaned; the config is written
+                self.lock = ck.open_run_dir(self.run_dir, dump_config(cfg), stream, replace=overwrite and not resume)
+            self.board = Board(self.run_dir / "tb") if self.rt.is_main else Board(None)
+            self.progress = Progress(self.total_steps, cfg.train.progress if self.rt.is_main else "none", stream,
+                                     self.run_dir / "log.txt" if self.rt.is_main else None)
         except BaseException:
-            self.close()  # a refused or failed start leaves the directory free (and, on resume, untouched)
+            self.close()  # the directory is free again
             raise
 
     def _build(self, stream) -> None:
@@ -86,9 +94,12 @@ class Trainer:
         self.held_out = holdout_fraction(cfg)  # pretraining validation taken from the training sources
         self.valid_loader = build_loader(cfg, "valid", labels=self.labels) if cfg.data.valid or self.held_out else None
         self.test_loader = build_loader(cfg, "test", labels=self.labels) if cfg.data.test else None
+        for loader in (self.train_loader, self.valid_loader, self.test_loader):  # every split, before any step
+            loader is None or loader.preflight()
         self.features = FeatureExtractor(cfg.audio, cfg.augment).to(rt.device)
 
-        model, self.init_info = self.task.build_model()
+        # a resume takes the weights from its checkpoint: model.init (maybe a relative path) is never read again
+        model, self.init_info = self.task.build_model(from_checkpoint=bool(self.resume_from))
         self.model = model.to(rt.device)
         self.num_params = count_parameters(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim, rt.device)
@@ -129,14 +140,7 @@ class Trainer:
         self.elapsed = 0.0
         self._restored_rng = None
         if self.resume_from:
-            self._load_trainer_state(self.resume_from)
-            if rt.is_main:  # only now that everything fits: the resumed run's config (e.g. more steps)
-                atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
-
-        self.board = Board(self.run_dir / "tb") if rt.is_main else Board(None)
-        self.progress = Progress(
-            self.total_steps, cfg.train.progress if rt.is_main else "none", stream, self.run_dir / "log.txt" if rt.is_main else None
-        )
+            ck.restore(self, self.resume_from)
         self._stop_signal = None
 
     # -- features ------------------------------------------------------------------------------------------------
@@ -167,21 +171,6 @@ class Trainer:
             "skipped": dict(getattr(self.train_loader, "skipped", {}) or {}),
         }
 
-    def _load_trainer_state(self, path: Path) -> None:
-        from ssast.models.checkpoint import load_state
-
-        st = read_state(path)  # JSON + safetensors: a foreign run directory cannot execute anything here
-        self.model.load_state_dict(load_state(path), strict=True)
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.schedule.load_state_dict(st["schedule"])
-        self.gen.set_state(st["gen"])
-        self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
-        self.bad_total, self.best, self.history, self.elapsed = st["bad_total"], st["best"], st["history"], st["elapsed"]
-        if self.ema and st["ema"] is not None:
-            self.ema.module.load_state_dict(st["ema"])
-        self.task.load_state_dict(st["task"])
-        self._restored_rng = st["rng"]  # applied when the loop starts, after everything set-up may draw
-
     def _model_meta(self):
         return ck.model_meta(self.cfg, self.task.kind, self.labels, self.step, self.epoch)
 
@@ -201,10 +190,10 @@ class Trainer:
         except (OSError, SafetensorError) as e:
             last = ck.list_checkpoints(self.run_dir)
             why = "no space left on the device" if ck.disk_full(e) else f"{type(e).__name__}: {e}"
-            raise TrainingStopped(
-                f"{why} while saving step {self.step} to {d}; the last complete checkpoint is "
-                f"{last[-1] if last else 'none (the run cannot be resumed)'}; free space and resume with "
-                f"--resume {self.run_dir}") from None
+            then = (f"the last complete checkpoint is {last[-1]}; free space and resume with --resume {self.run_dir}"
+                    if last else "no checkpoint was complete, so there is nothing to resume; free space and start "
+                    "again with --overwrite")
+            raise TrainingStopped(f"{why} while saving step {self.step} to {d}; {then}") from None
         ck.point_last(self.run_dir, d)
         ck.prune(self.run_dir, self.cfg.train.keep_last, protect={d})
         return d
@@ -432,12 +421,13 @@ class Trainer:
         return result
 
 
-def train(cfg: Config, *, resume: str | None = None, stream=None, probe=None) -> dict:
+def train(cfg: Config, *, resume: str | None = None, stream=None, probe=None, overwrite: bool = False) -> dict:
     """Run one pretraining or fine-tuning job described by ``cfg``; returns the final metrics.
 
     With ``resume`` (a run directory) the run continues there, whatever ``cfg.train.run_dir`` says. ``probe(cfg)``
     builds the frozen-encoder probe that ``train.probe_every`` runs (``record(encoder, feature_fn, rt)`` gives the
     scalars to log and the per-layer scores); the callers above ``train`` pass
-    :class:`ssast.evaluate.probe.TrainingProbe`."""
-    trainer = Trainer(cfg, resume=resume, stream=stream, probe=probe)
+    :class:`ssast.evaluate.probe.TrainingProbe`. A new run refuses a folder that holds a run unless ``overwrite``,
+    which removes that run's own files first (:mod:`ssast.train.run_folder`)."""
+    trainer = Trainer(cfg, resume=resume, stream=stream, probe=probe, overwrite=overwrite)
     return trainer.fit()

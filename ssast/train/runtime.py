@@ -102,11 +102,9 @@ def resolve_precision(precision: str, device: torch.device, dim: int = 768) -> t
     return None, ""
 
 
-def setup_runtime(device: str = "auto", precision: str = "auto", dim: int = 768) -> Runtime:
-    """Initialise torchrun's process group if present and pick the device and precision."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device ``train.device`` names, checked against what this machine has (ConfigError otherwise); changes
+    nothing, so --dry-run refuses what the run would."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -125,6 +123,16 @@ def setup_runtime(device: str = "auto", precision: str = "auto", dim: int = 768)
             )
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def setup_runtime(device: str = "auto", precision: str = "auto", dim: int = 768) -> Runtime:
+    """Initialise torchrun's process group if present and pick the device and precision."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -45,6 +45,11 @@ def predict_scores(model: nn.Module, batches: Iterable[dict], autocast: Callable
         scores.append(probs.cpu().numpy())
         targets.append(batch["labels"].numpy())
         keys.extend(batch["keys"])
+    if not keys:  # every clip was skipped: say so, with the loader's reasons when it counts them
+        from ssast.data.manifest import DataError
+
+        summary = batches.skip_summary() if hasattr(batches, "skip_summary") else "no clips"
+        raise DataError(f"{getattr(batches, 'name', 'evaluation')}: no usable clip to score; {summary}")
     return np.concatenate(scores), np.concatenate(targets), keys
 
 

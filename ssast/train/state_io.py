@@ -112,3 +112,69 @@ def read_state(folder: str | Path) -> dict:
     except (OSError, ValueError, KeyError, TypeError, safetensors.SafetensorError) as e:
         raise StateFormatError(f"{folder}: the trainer state is damaged or foreign ({type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else ''}); resume from another checkpoint") from None
+
+
+# The schema of the state the engine writes (``Trainer._trainer_state``): field -> what it must be.
+_COUNTERS = ("step", "epoch", "batch_in_epoch", "bad_total")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _tensors_or_numbers(v: Any) -> bool:
+    """An optimiser's per-parameter state: tensors and plain numbers only (no arrays, strings or lists)."""
+    return isinstance(v, torch.Tensor) or _is_number(v) or v is None
+
+
+def check_state(st: Any, where: str | Path) -> None:
+    """Check a read state against the schema the engine writes; StateFormatError naming the first bad field."""
+    def bad(field: str, why: str):
+        raise StateFormatError(f"{Path(where) / STATE}: field {field!r} {why}; the state is damaged or crafted, "
+                               f"resume from another checkpoint")
+
+    if not isinstance(st, dict):
+        bad("state", "is not a mapping")
+    for field, ok, want in (
+        *((k, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0")
+          for k in _COUNTERS),
+        ("best", lambda v: _is_number(v) and not math.isnan(v), "a number"),
+        ("elapsed", lambda v: _is_number(v) and math.isfinite(v) and v >= 0, "a number of seconds >= 0"),
+        ("history", lambda v: isinstance(v, list) and all(isinstance(h, dict) for h in v), "a list of records"),
+        ("optimizer", lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+         and isinstance(v.get("param_groups"), list) and all(isinstance(g, dict) for g in v["param_groups"])
+         and all(isinstance(s, dict) and all(map(_tensors_or_numbers, s.values())) for s in v["state"].values()),
+         "an optimiser state (per-parameter tensors and numbers, a list of parameter groups)"),
+        ("schedule", lambda v: isinstance(v, dict), "a mapping"),
+        ("gen", lambda v: isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() == 1,
+         "a generator state (a 1-D uint8 tensor)"),
+        ("rng", lambda v: isinstance(v, dict) and {"python", "numpy", "torch"} <= set(v), "the RNG states"),
+        ("ema", lambda v: v is None or (isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values())),
+         "null or a mapping of tensors"),
+        ("task", lambda v: isinstance(v, dict), "a mapping"),
+        ("skipped", lambda v: isinstance(v, dict) and all(isinstance(n, int) for n in v.values()),
+         "a mapping of counts"),
+    ):
+        if field not in st:
+            bad(field, "is missing")
+        if not ok(st[field]):
+            bad(field, f"must be {want}, got {_short(st[field])}")
+    _check_rng(st["rng"], bad)
+
+
+def _short(v: Any) -> str:
+    text = repr(v) if not isinstance(v, (dict, list, torch.Tensor)) else type(v).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_rng(rng: dict, bad) -> None:
+    """Try the RNG states on the real generators, then put the current ones back: what the loop would apply."""
+    from ssast.train.runtime import rng_state, set_rng_state
+
+    now = rng_state()
+    try:
+        set_rng_state(rng)
+    except (TypeError, ValueError, RuntimeError, KeyError, IndexError, OverflowError) as e:
+        bad("rng", f"is not a usable RNG state ({type(e).__name__})")
+    finally:
+        set_rng_state(now)

@@ -41,13 +41,17 @@ class PretrainTask:
         """A head switched off (weight 0) gets no gradient: DDP must then look for unused parameters."""
         return self.cfg.model.nce_weight <= 0 or self.cfg.model.mse_weight <= 0
 
-    def build_model(self) -> tuple[nn.Module, str]:
+    def build_model(self, from_checkpoint: bool = False) -> tuple[nn.Module, str]:
+        """The model and how it was initialised; ``from_checkpoint`` (a resume) skips model.init, whose weights the
+        checkpoint replaces anyway."""
         from ssast.models.factory import load_pretrained
         from ssast.models.pretrain import build_pretrain_model
 
         model = build_pretrain_model(self.cfg.model)
         info = "pretraining from random initialisation"
-        if self.cfg.model.init and self.cfg.model.init != "scratch":
+        if from_checkpoint:
+            info = "weights from the checkpoint resumed"
+        elif self.cfg.model.init and self.cfg.model.init != "scratch":
             src, meta = load_pretrained(self.cfg.model.init)
             if meta.kind != "pretrain":
                 raise ConfigError(f"model.init={self.cfg.model.init}: continuing pretraining needs a pretraining checkpoint")
@@ -165,9 +169,11 @@ class FinetuneTask:
         self.epochs = cfg.train.epochs  # raised by length() to reach train.min_steps
         self.notes: list[str] = []  # said when training starts
 
-    def build_model(self) -> tuple[nn.Module, str]:
+    def build_model(self, from_checkpoint: bool = False) -> tuple[nn.Module, str]:
         from ssast.models.factory import build_classifier
 
+        if from_checkpoint:  # the checkpoint holds every weight: model.init (maybe a relative path) is not needed
+            return build_classifier(self.cfg.model, len(self.labels), "scratch")[0], "weights from the checkpoint resumed"
         return build_classifier(self.cfg.model, len(self.labels), self.cfg.model.init or None)
 
     def length(self, batches_per_epoch: int | None, accum: int, exact: bool) -> tuple[int, int, bool]:

@@ -23,7 +23,10 @@ def require_extra(module: str, extra: str) -> None:
 
 
 def export_checkpoint(ckpt: str, out: str, fmt: str, **options) -> Path:
-    """Write checkpoint folder ``ckpt`` to ``out`` in format ``fmt`` ("hf": a transformers folder; "onnx": a .onnx file)."""
+    """Write checkpoint folder ``ckpt`` to ``out`` in format ``fmt`` ("hf": a transformers folder; "onnx": a .onnx file).
+
+    An existing ``out`` is replaced only when it is an earlier export of the same checkpoint, or with
+    ``overwrite=True`` an export of another one; anything else is refused."""
     if fmt == "hf":
         return export_hf(ckpt, out, **options)
     if fmt == "onnx":

@@ -10,6 +10,7 @@ with ``save_pretrained``) into our checkpoint format; it needs only the files, n
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +18,7 @@ from typing import Callable, Optional
 import safetensors.torch
 import torch
 
-from ssast.atomic import atomic_write_dir
+from ssast.atomic import atomic_write_dir, replaceable, source_id
 from ssast.config import AudioConfig
 from ssast.serve.inference import audio_config_of, load_for_inference
 from ssast.models.checkpoint import META, CheckpointMeta, checkpoint_dir, read_checkpoint_meta, save_checkpoint
@@ -40,6 +41,13 @@ def writable_target(out: str | Path, holds: Callable[[Path], bool], kind: str) -
     if target.exists() and not (target.is_dir() and (holds(target) or not any(target.iterdir()))):
         raise CheckpointError(f"{target}: exists and is not {kind}, so it is not replaced; choose a new output path")
     return target
+
+
+def _exported_from(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("ssast_source")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def export_problems(meta: CheckpointMeta) -> list[str]:
@@ -67,19 +75,21 @@ def export_problems(meta: CheckpointMeta) -> list[str]:
     return problems
 
 
-def export_hf(ckpt: str | Path, out: str | Path) -> Path:
+def export_hf(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write checkpoint ``ckpt`` as a transformers AST folder ``out`` (atomically); returns ``out``.
 
     A classifier becomes an ``ASTForAudioClassification``; a pretraining checkpoint its encoder alone, an ``ASTModel``
     whose ``last_hidden_state`` after the two prefix tokens is ``ssast embed --tokens``. The folder's ``max_length`` is
     the checkpoint's input length (``audio.target_length``), its statistics and label names the checkpoint's. Models
     transformers' AST cannot express are refused in one line (:func:`export_problems`); an existing ``out`` is
-    replaced only if it is an earlier export or empty.
+    replaced only if it is empty or an earlier export of the same
+    checkpoint (of another one with ``overwrite``).
     """
     from ssast.serve.export import require_extra  # the package imports this module: a late import, no cycle
 
-    target = writable_target(out, is_hf_folder, "a transformers AST folder")
     d = checkpoint_dir(ckpt)
+    target = replaceable(out, holds=is_hf_folder, kind="a transformers AST folder", overwrite=overwrite,
+                         same=lambda p: _exported_from(p) == source_id(d))
     meta = read_checkpoint_meta(d)
     problems = export_problems(meta)
     if problems:
@@ -117,6 +127,7 @@ def export_hf(ckpt: str | Path, out: str | Path) -> Path:
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=m.norm_eps, qkv_bias=True,
         patch_size=m.fshape, frequency_stride=m.fstride, time_stride=m.tstride, max_length=audio.target_length,
         num_mel_bins=audio.num_mel_bins, dtype="float32", **task,
+        ssast_source=source_id(d),  # which checkpoint this is an export of: a rerun may replace it
     )
     features = ASTFeatureExtractor(
         sampling_rate=audio.sample_rate, num_mel_bins=audio.num_mel_bins, max_length=audio.target_length,

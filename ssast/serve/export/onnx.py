@@ -91,6 +91,14 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
+def _exported_from(path: Path) -> str | None:
+    """The ``ssast_source`` of an .onnx file ssast wrote (None for any other file)."""
+    try:
+        return onnx_metadata(path).get("ssast_source")
+    except Exception:  # not an ONNX model at all (onnx raises DecodeError and friends)
+        return None
+
+
 class ExportGraph(torch.nn.Module):
     """What the .onnx file computes: [waveform front end ->] model -> logits, or the clip (and token) embeddings."""
 
@@ -109,7 +117,7 @@ class ExportGraph(torch.nn.Module):
 
 
 def export_onnx(ckpt: str | Path, out: str | Path, *, input: str = INPUT, output: str = OUTPUT,
-                tokens: bool = False) -> Path:
+                tokens: bool = False, overwrite: bool = False) -> Path:
     """Write checkpoint ``ckpt`` as the ONNX model ``out`` (written atomically, checked with onnx.checker).
 
     ``input``: "fbank" (the normalised filter bank) or "waveform" (samples + lengths, the fbank in the graph).
@@ -118,7 +126,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, input: str = INPUT, output
     """
     import onnx
 
-    from ssast.atomic import atomic_write
+    from ssast.atomic import atomic_write, replaceable, source_id
     from ssast.serve.export.waveform import WaveformFrontEnd
     from ssast.serve.inference import audio_config_of, load_for_inference
     from ssast.models.checkpoint import read_checkpoint_meta
@@ -129,6 +137,9 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, input: str = INPUT, output
         raise ConfigError(f"--output {output!r}: give one of {', '.join(OUTPUTS)}")
     if tokens and output == OUTPUT:
         raise ConfigError("--tokens: token embeddings come with --output embeddings")
+    src = source_id(ckpt)
+    replaceable(out, holds=lambda p: p.is_file() and _exported_from(p) is not None, kind="an ssast ONNX export",
+                same=lambda p: _exported_from(p) == src, overwrite=overwrite)
     if output == OUTPUT and read_checkpoint_meta(ckpt).kind != "classifier":
         raise CheckpointError(f"{ckpt}: a pretraining checkpoint has no classifier head; fine-tune it first "
                               "(ssast finetune), then export the fine-tuned checkpoint, or export its encoder with "
@@ -160,7 +171,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, input: str = INPUT, output
     proto = program.model_proto
     what = "classifier" if output == OUTPUT else "encoder"
     proto.doc_string = f"ssast {what} exported from {Path(ckpt).name}; features: {feature_formula(audio)}"
-    for key, value in feature_metadata(meta, audio, input, output, tokens).items():
+    for key, value in {**feature_metadata(meta, audio, input, output, tokens), "ssast_source": src}.items():
         proto.metadata_props.add(key=key, value=value)
     if proto.ByteSize() > PROTOBUF_LIMIT:
         raise ConfigError(f"{ckpt}: the model is over 2 GiB, more than one .onnx file can hold")
