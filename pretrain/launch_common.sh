@@ -23,12 +23,15 @@ parse_pretrain_args() {
   EXTRA=("$@")
 }
 
-# The `ssast pretrain` arguments: config, run directory, --resume when the run already has a checkpoint.
+# The `ssast pretrain` arguments: config, run directory, --resume RUN_DIR when the run already has a checkpoint,
+# else --resume auto, so that a worker group torchrun restarts mid-run resumes the checkpoints written since.
 pretrain_args() {
   PRETRAIN_ARGS=(pretrain -c "$CONFIG" "train.run_dir=$RUN_DIR")
   if [ -e "$RUN_DIR/last" ]; then
     echo "$(basename "$0"): $RUN_DIR has a checkpoint: resuming" >&2
     PRETRAIN_ARGS+=(--resume "$RUN_DIR")
+  else
+    PRETRAIN_ARGS+=(--resume auto)
   fi
   PRETRAIN_ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
 }

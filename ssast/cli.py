@@ -49,7 +49,14 @@ def cmd_train(args) -> int:
     from ssast.evaluate.probe import TrainingProbe
     from ssast.train.engine import train
 
-    if args.resume and not args.config:
+    resume = args.resume
+    if resume == "auto":  # resume train.run_dir when it holds a checkpoint of this same run, else start it
+        from ssast.train.checkpoints import auto_resume
+
+        cfg = _load(args, task=args.command)
+        found = auto_resume(Path(cfg.train.run_dir), cfg)
+        resume = str(found) if found else None
+    elif args.resume and not args.config:
         cfg_path = Path(args.resume) / "config.yaml"
         cfg = load_config(cfg_path, args.overrides, task=args.command)
     else:
@@ -59,7 +66,7 @@ def cmd_train(args) -> int:
         print(dump_config(cfg))
         print(_model_summary(cfg))
         return 0
-    result = train(cfg, resume=args.resume, probe=TrainingProbe)
+    result = train(cfg, resume=resume, probe=TrainingProbe)
     final = result.get("final")
     if final:
         print(json.dumps({k: v for k, v in final.items() if isinstance(v, (int, float))}))
@@ -243,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("pretrain", "masked spectrogram patch modeling"), ("finetune", "supervised fine-tuning")):
         p = sub.add_parser(name, help=text, epilog=EPILOG_OVERRIDES)
         _add_config_args(p)
-        p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+        p.add_argument("--resume", metavar="RUN_DIR|auto",
+                       help="continue a run from its last checkpoint; auto: continue train.run_dir when it holds a "
+                            "checkpoint of this same config, else start it (for requeued and restarted jobs)")
         p.add_argument("--dry-run", action="store_true", help="print the resolved config and model summary, then exit")
         p.set_defaults(func=cmd_train)
 
@@ -386,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except user_errors() as e:
         print(f"ssast {args.command}: error: {e}", file=sys.stderr)
-        return 130 if type(e).__name__ == "TrainingStopped" and "signal" in str(e) else 2
+        return getattr(e, "exit_code", 2)  # a run stopped by a signal: 75 (requeue) or 130 (Ctrl-C)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from ssast.train.state_io import STATE as TRAINER_STATE
 RESUME_MAY_CHANGE = (
     "train.steps", "train.epochs", "train.min_steps", "train.run_dir", "train.log_every", "train.ckpt_every",
     "train.keep_last", "train.eval_every", "train.image_every", "train.max_bad_steps", "train.progress", "train.device",
+    "train.grad_checkpointing",  # recomputes activations: the same gradients, less memory
     "data.valid", "data.test", "data.num_workers", "data.eval_batch_size", "data.strict", "data.allow_missing",
     # the frozen-encoder probe reads the encoder and its own lists, and draws no random number: it changes no weight
     "train.probe_every", "data.probe_train", "data.probe_test",
@@ -180,6 +181,26 @@ def resolve_resume(run_dir: Path) -> Path:
     if not ckpts:
         raise FileNotFoundError(f"--resume {run_dir}: the run has no complete checkpoint to resume from")
     return ckpts[-1]
+
+
+def auto_resume(run_dir: Path, cfg: Config) -> Path | None:
+    """``--resume auto``: ``run_dir`` when it holds a complete checkpoint of this same run (a saved config that
+    differs from ``cfg`` only where a resume may), None when there is nothing to resume (no run there yet, or this
+    run stopped before its first checkpoint). A folder holding another run is refused: never resumed, never replaced."""
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return None
+    try:
+        conflicts = resume_conflicts(load_config(saved), cfg)
+    except ConfigError as e:
+        raise ConfigError(f"--resume auto: {run_dir} holds a config this version cannot read ({e}); "
+                          f"choose another train.run_dir") from None
+    if conflicts:
+        raise ConfigError(f"--resume auto: {run_dir} holds another run ({'; '.join(conflicts[:3])}); it is neither "
+                          f"resumed nor replaced: choose another train.run_dir")
+    last = run_dir / "last"
+    return run_dir if (last.exists() and (last / TRAINER_STATE).is_file()) or list_checkpoints(run_dir) else None
 
 
 def model_meta(cfg: Config, kind: str, labels, step: int, epoch: int):

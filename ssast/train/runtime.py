@@ -178,6 +178,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def gather_to_main(rt: Runtime, obj) -> list | None:
+    """``obj`` of every rank, in rank order, on rank 0 (None elsewhere); every rank must call it. One process: [obj]."""
+    if not rt.distributed:
+        return [obj]
+    out = [None] * rt.world_size if rt.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
