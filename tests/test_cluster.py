@@ -236,7 +236,7 @@ def test_preempt_ddp_stops_together_and_resumes_bitwise(corpus, tmp_path, refere
     for rank in (0, 1):  # both ranks stopped after the same step
         assert f"stopped by signal {'SIGUSR1' if target == 'every rank' else 'SIGTERM'} at step {stopped} " \
                f"(rank {rank})" in out, out
-    assert f"exitcode: {REQUEUE_EXIT}" in out.replace("  ", " ") or "exitcode : 75" in out, out
+    assert f"(exitcode: {REQUEUE_EXIT})" in out, out  # torchrun's report of a rank that exited for requeue
 
     again = run(cmd)  # the SAME command: --resume auto finds the checkpoint
     assert again.returncode == 0, again.stdout + again.stderr

@@ -182,6 +182,7 @@ class Trainer:
         own = own[self.rt.rank] if len(own) == self.rt.world_size else {"rng": st["rng"], "gen": st["gen"]}
         self.gen.set_state(own["gen"])
         self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
+        self.saved_step = self.step  # the checkpoint resumed from is this step's
         self.bad_total, self.best, self.history, self.elapsed = st["bad_total"], st["best"], st["history"], st["elapsed"]
         if self.ema and st["ema"] is not None:
             self.ema.module.load_state_dict(st["ema"])

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ssast.atomic import atomic_write_text
+from ssast.train.checkpoints import step_dir
 from ssast.train.runtime import Runtime
 
 # EX_TEMPFAIL (sysexits.h): "a temporary failure; the user is invited to retry". pretrain/run_slurm.sbatch requeues on it.
@@ -80,9 +81,11 @@ def stop_for_signal(trainer, signum: int) -> None:
     """Save one checkpoint (rank 0), mark the run as preempted, let every rank wait for both, and stop."""
     run_dir = Path(trainer.run_dir)
     name = signal.Signals(signum).name
-    saved = trainer.save()
+    if trainer.saved_step != trainer.step:  # not when train.ckpt_every saved this very step
+        trainer.save()
     if trainer.rt.is_main:
-        atomic_write_text(run_dir / MARKER, json.dumps({"step": trainer.step, "signal": name, "checkpoint": str(saved)}))
+        saved = str(step_dir(run_dir, trainer.step))
+        atomic_write_text(run_dir / MARKER, json.dumps({"step": trainer.step, "signal": name, "checkpoint": saved}))
     if trainer.rt.distributed:  # no rank may exit (and make torchrun stop the others) before the save is whole
         dist.barrier()
     code = INTERRUPT_EXIT if signum == signal.SIGINT else REQUEUE_EXIT
