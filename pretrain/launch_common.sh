@@ -23,17 +23,17 @@ parse_pretrain_args() {
   EXTRA=("$@")
 }
 
-# The `ssast pretrain` arguments: config, run directory, and the rerun policy: --resume when the run already has a
-# checkpoint; --overwrite when it holds only the files of a start that died before its first checkpoint (nothing to
-# resume, nothing to lose); a new run otherwise.
+# The `ssast pretrain` arguments: config, run directory, and the rerun policy: --resume RUN_DIR when the run
+# already has a checkpoint; else --resume auto, which starts the run, starts again a start of this same run that
+# died before its first checkpoint (nothing to resume, nothing to lose), refuses a folder holding another run, and
+# lets a worker group that torchrun restarts mid-run resume the checkpoints written since.
 pretrain_args() {
   PRETRAIN_ARGS=(pretrain -c "$CONFIG" "train.run_dir=$RUN_DIR")
   if [ -e "$RUN_DIR/last" ]; then
     echo "$(basename "$0"): $RUN_DIR has a checkpoint: resuming" >&2
     PRETRAIN_ARGS+=(--resume "$RUN_DIR")
-  elif [ -e "$RUN_DIR/config.yaml" ]; then
-    echo "$(basename "$0"): $RUN_DIR has no checkpoint yet: starting it again (--overwrite)" >&2
-    PRETRAIN_ARGS+=(--overwrite)
+  else
+    PRETRAIN_ARGS+=(--resume auto)
   fi
   PRETRAIN_ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
 }

@@ -55,7 +55,16 @@ def cmd_train(args) -> int:
         raise ConfigError(f"--resume and --overwrite: --resume continues {args.resume}, --overwrite replaces a run; "
                           "give one of them")
 
-    if args.resume and not args.config:
+    resume, overwrite = args.resume, args.overwrite
+    if resume == "auto":  # resume train.run_dir when it holds a checkpoint of this same run, else start it
+        from ssast.train.checkpoints import auto_resume
+
+        cfg = _load(args, task=args.command)
+        found = auto_resume(Path(cfg.train.run_dir), cfg)
+        resume = str(found) if found else None
+        # this same run stopped before its first checkpoint: nothing to resume, and only its own start to replace
+        overwrite = overwrite or (found is None and (Path(cfg.train.run_dir) / "config.yaml").is_file())
+    elif args.resume and not args.config:
         cfg_path = Path(args.resume) / "config.yaml"
         cfg = load_config(cfg_path, args.overrides, task=args.command)
     else:
@@ -67,7 +76,7 @@ def cmd_train(args) -> int:
         print(dump_config(cfg))
         print(_model_summary(cfg))
         return 0
-    result = train(cfg, resume=args.resume, probe=TrainingProbe, overwrite=args.overwrite)
+    result = train(cfg, resume=resume, probe=TrainingProbe, overwrite=overwrite)
     final = result.get("final")
     if final:
         print(json.dumps({k: v for k, v in final.items() if isinstance(v, (int, float))}))
@@ -275,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("pretrain", "masked spectrogram patch modeling"), ("finetune", "supervised fine-tuning")):
         p = sub.add_parser(name, help=text, epilog=EPILOG_OVERRIDES)
         _add_config_args(p)
-        p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+        p.add_argument("--resume", metavar="RUN_DIR|auto",
+                       help="continue a run from its last checkpoint; auto: continue train.run_dir when it holds a "
+                            "checkpoint of this same config, else start it (for requeued and restarted jobs)")
         p.add_argument("--dry-run", action="store_true", help="print the resolved config and model summary, then exit")
         p.add_argument("--overwrite", action="store_true", help="train.run_dir holds an earlier run: remove that run's "
                        "files (checkpoints, final, config, logs...) and start a new one there; without it such a folder "
@@ -429,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except user_errors() as e:
         print(f"ssast {args.command}: error: {e}", file=sys.stderr)
-        return 130 if type(e).__name__ == "TrainingStopped" and "signal" in str(e) else 2
+        return getattr(e, "exit_code", 2)  # a run stopped by a signal: 75 (requeue) or 130 (Ctrl-C)
     except Exception as e:  # a full or read-only disk, a path through a file: outputs are atomic, nothing is half-left
         from ssast.atomic import write_failure
 

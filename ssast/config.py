@@ -149,6 +149,9 @@ class DataConfig:
     num_workers: int = -1  # -1: sized from the machine
     balanced_sampling: bool = False
     shuffle_buffer: int = 2000
+    # clips in data.train's shards when neither their index.json nor their sidecars can be read (shards at URLs
+    # without them); 0: from the index or sidecars. Fine-tuning needs the count for its schedule
+    train_clips: int = 0
     strict: bool = False  # bad audio is an error instead of a counted skip
     allow_missing: bool = False  # files listed but missing on disk: warn and drop them instead of stopping
     # pretraining without data.valid that needs validation (plateau schedule, eval_every): this share of the training
@@ -200,6 +203,9 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     precision: Precision = "auto"
     compile: bool = False
+    # recompute each encoder block's activations in the backward pass instead of keeping them: less memory, more time
+    # (same gradients); a memory setting, not part of the model, so a resume may change it
+    grad_checkpointing: bool = False
     seed: int = 0
     run_dir: str = "runs/run"
     log_every: int = 20
@@ -459,6 +465,7 @@ def _minimums(cfg: Config) -> list[tuple[str, float, float]]:
         ("train.image_every", t.image_every, 0),
         ("train.probe_every", t.probe_every, 0),
         ("data.holdout", cfg.data.holdout, 0),
+        ("data.train_clips", cfg.data.train_clips, 0),
         ("model.projector_dim", cfg.model.projector_dim, 0),
         ("model.fstride", cfg.model.fstride, 1),
         ("model.tstride", cfg.model.tstride, 1),

@@ -216,3 +216,17 @@ def test_profile_prints_the_top_ops():
     assert profiling.op_category("aten::addmm").startswith("matrix")
     assert profiling.op_category("aten::_scaled_dot_product_flash_attention_for_cpu").startswith("attention")
     assert profiling.op_category("aten::copy_").startswith("dtype")
+
+
+def test_grad_checkpointing_rows_are_planned_for_the_training_rows_only():
+    args = bench.build_parser().parse_args(["pretrain-onepass", "finetune-step", "inference", "--device", "cpu",
+                                            "--tokens", "patch", "--precision", "fp32", "--grad-checkpointing", "both"])
+    keys = [(s.row, s.grad_checkpointing) for s in bench.plan(args)]
+    assert keys == [("pretrain-onepass", False), ("pretrain-onepass", True), ("finetune-step", False),
+                    ("finetune-step", True), ("inference", False)]
+    spec = bench.Spec(row="finetune-step", size="tiny", grad_checkpointing=True)
+    assert rows.model_config(spec, finetune=True).grad_checkpointing
+    record = {"name": "finetune-step", "grad_checkpointing": True, "tokens": "patch", "size": "base", "batch": 8,
+              "tdim": 1024, "precision": "fp32", "compile": False, "clips_per_s": 1.0, "median_ms": 1.0, "min_ms": 1.0,
+              "peak_mb": 1.0, "flops_per_clip": None}
+    assert "finetune-step + grad checkpointing" in bench.markdown_table([record])

@@ -104,19 +104,20 @@ def test_resume_and_overwrite_exclude_each_other(pt_run, tmp_path, capsys):
 
 
 def test_recipes_choose_their_rerun_policy(tmp_path):
-    """The recipe scripts resume a run with a checkpoint and start again (--overwrite) one without."""
+    """The recipe scripts resume a run with a checkpoint (--resume RUN_DIR); without one they pass --resume auto, which
+    starts again a start of this same run that died before its first checkpoint and refuses another run's folder."""
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text("task: pretrain\n")  # a start that died before its first checkpoint
     env = dict(os.environ, DRY_RUN="1", RUN_DIR=str(run_dir), PYTHON=os.sys.executable)
     out = subprocess.run(["bash", str(REPO / "pretrain/run_single_gpu.sh"), "patch", "tiny"], env=env,
                          capture_output=True, text=True)
-    assert "--overwrite" in out.stdout and "--resume" not in out.stdout, out.stderr
+    assert "--resume auto" in out.stdout and "--overwrite" not in out.stdout, out.stderr
     (run_dir / "checkpoints" / "step-00000002").mkdir(parents=True)
     (run_dir / "last").symlink_to("checkpoints/step-00000002")
     out = subprocess.run(["bash", str(REPO / "pretrain/run_single_gpu.sh"), "patch", "tiny"], env=env,
                          capture_output=True, text=True)
-    assert "--resume" in out.stdout and "--overwrite" not in out.stdout
+    assert f"--resume {run_dir}" in out.stdout and "--overwrite" not in out.stdout
     script = (f"source {REPO / 'finetune/common.sh'}; PYTHON=python; finetune_run cfg.yaml {run_dir}")
     out = subprocess.run(["bash", "-c", script], env=dict(env, RERUN="1"), capture_output=True, text=True)
     assert "--overwrite" in out.stdout and "--resume" not in out.stdout, out.stderr

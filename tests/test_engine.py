@@ -199,7 +199,7 @@ def test_sigterm_saves_a_checkpoint_and_resumes(corpus, tmp_path):
     time.sleep(1.5)
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
-    assert p.returncode == 130, out
+    assert p.returncode == 75, out  # REQUEUE_EXIT: a batch script requeues the job
     assert "stopped by signal SIGTERM" in out and "--resume" in out
     stopped = int((run / "last").resolve().name.split("-")[1])
     assert 0 < stopped < 400

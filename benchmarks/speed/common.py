@@ -29,6 +29,7 @@ ROWS = (
 )
 PRETRAIN_ROWS = ROWS[:3]
 ONNX_ROWS = ("inference-onnx", "inference-onnx-waveform")  # ONNX Runtime on the CPU, fp32 only
+TRAINING_ROWS = PRETRAIN_ROWS + ("finetune-step",)  # the rows with a backward pass
 TOKEN_SHAPES = {"patch": (16, 16), "frame": (128, 2)}
 MASK_FRACTION = 400 / 512  # the released "-400" models: 400 of 512 tokens at 1024 frames
 FINETUNE_STRIDE = 10  # 16x16 patches with stride 10: 12 x 101 = 1212 tokens at 1024 frames
@@ -70,6 +71,7 @@ class Spec:
     fbank_batch: int = 16
     loop_steps: int = 60
     threads: int = 0  # 0: torch's default
+    grad_checkpointing: bool = False  # the encoder blocks recompute their activations in the backward pass
 
 
 @dataclass

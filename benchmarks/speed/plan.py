@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import torch
 
-from speed.common import ONNX_ROWS, PRETRAIN_ROWS, ROWS, BenchmarkError, Spec
+from speed.common import ONNX_ROWS, PRETRAIN_ROWS, ROWS, TRAINING_ROWS, BenchmarkError, Spec
 
 
 def default_precisions(device: torch.device) -> list[str]:
@@ -71,9 +71,11 @@ def plan(args: argparse.Namespace) -> list[Spec]:
             continue  # not asked for by name: left out where it cannot run (a GPU run, or no onnxruntime)
         row_tokens = tokens if row in PRETRAIN_ROWS or row == "loop" else ["patch"]
         row_precisions = ["fp32"] if row in ("pretrain-authors", *ONNX_ROWS) else precisions
+        checkpointing = {"off": [False], "on": [True], "both": [False, True]}[args.grad_checkpointing]
         for t in row_tokens:
             for p in row_precisions:
-                specs.append(replace(base, row=row, tokens=t, precision=p))
+                for ckpt in checkpointing if row in TRAINING_ROWS else [False]:
+                    specs.append(replace(base, row=row, tokens=t, precision=p, grad_checkpointing=ckpt))
     return specs
 
 
@@ -103,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"],
                    help="one or more; default bf16 on a GPU, 'fp32 bf16' on a CPU with native bf16. "
                    "pretrain-authors is always fp32")
+    p.add_argument("--grad-checkpointing", choices=["off", "on", "both"], default="off",
+                   help="activation checkpointing of the encoder blocks in the training rows (both: a row each)")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile (not the authors' row)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeats", type=int, help="timed iterations per row; the median is reported (default 5)")

@@ -14,7 +14,9 @@ from typing import Optional
 import torch
 
 from ssast.train.runtime import rss_peak_mb
-from speed.common import ONNX_ROWS, RESULT_MARK, ROOT, BenchmarkError, device_name, script_command, Spec
+from speed.common import (
+    ONNX_ROWS, RESULT_MARK, ROOT, TRAINING_ROWS, BenchmarkError, device_name, script_command, Spec,
+)
 from speed.loop import measure_loop
 from speed.rows import clips_per_call, effective_precision, measure_step
 
@@ -56,6 +58,7 @@ def run_spec(spec: Spec) -> dict:
         "precision": precision,
         "requested_precision": spec.precision,
         "compile": spec.compile and spec.row not in ("fbank", *ONNX_ROWS),
+        "grad_checkpointing": spec.grad_checkpointing and spec.row in TRAINING_ROWS,
         "attention_backward": os.environ.get("SSAST_ATTENTION_BACKWARD", "matmul"),  # ssast.models.attention
         "device": device.type,
         "device_name": device_name(device),

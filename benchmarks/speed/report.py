@@ -44,7 +44,8 @@ def markdown_table(records: list[dict]) -> str:
             "peak MB", "GFLOP/clip", "GFLOP/s", "of matmul peak", "ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
-        name = r["name"] + (f" {r['label']}" if r.get("label") else "")
+        name = r["name"] + (f" {r['label']}" if r.get("label") else "") + (
+            " + grad checkpointing" if r.get("grad_checkpointing") else "")
         size, tdim = (r["size"], str(r["tdim"])) if r["name"] != "fbank" else ("-", "10 s")  # fbank: model-free
         if r.get("error"):
             cells = [name, _fmt(r.get("tokens")), size, str(r["batch"]), tdim, r["precision"],

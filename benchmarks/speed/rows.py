@@ -30,7 +30,7 @@ def model_config(spec: Spec, *, finetune: bool = False):
 
     fshape, tshape = TOKEN_SHAPES[spec.tokens]
     kw = dict(size=spec.size, dim=spec.dim, depth=spec.depth, heads=spec.heads, fshape=fshape, tshape=tshape,
-              input_fdim=MEL_BINS, input_tdim=spec.tdim)
+              input_fdim=MEL_BINS, input_tdim=spec.tdim, grad_checkpointing=spec.grad_checkpointing)
     if finetune:
         kw.update(fstride=FINETUNE_STRIDE, tstride=FINETUNE_STRIDE)
         return ModelConfig(**kw)

@@ -40,6 +40,7 @@ from ssast.data.manifest import (
     report_missing,
 )
 from ssast.data.sampler import ResumableSampler, class_balanced_weights
+from ssast.data.remote import is_url, local_path
 from ssast.data.streams import MapStream, WeightedInterleave
 
 # Endless streams resumed at batch b of an epoch restart from a fresh stream seeded by (epoch, b).
@@ -48,6 +49,9 @@ _RESUME_STRIDE = 1_000_003
 
 def source_kind(source: str) -> str:
     """'list' (JSON / JSON Lines), 'folder' (audio files) or 'shards' (WebDataset); DataError otherwise."""
+    if is_url(source) and not source.startswith("file:"):
+        return "shards"  # http(s):// and pipe: name shards (or their index.json); file: is a local path
+    source = local_path(source)
     p = Path(source)
     low = source.lower()
     if low.endswith((".json", ".jsonl")):
@@ -366,6 +370,7 @@ def build_loader(
         sources, role = list(cfg.data.train), "only"
     if not sources:
         raise DataError(f"data.{split} is empty: give a JSON clip list, an audio folder or a shard directory")
+    sources = [local_path(s) for s in sources]  # file:PATH is PATH
     train = split == "train" if train is None else train
     if labels is None and cfg.data.label_csv:
         labels = read_label_csv(cfg.data.label_csv)
@@ -398,6 +403,7 @@ def build_loader(
                     strict=cfg.data.strict,
                     balanced=train and cfg.data.balanced_sampling,
                     holdout=(held, role) if role else None,
+                    num_clips=cfg.data.train_clips if split == "train" else 0,
                 )
             )
         else:

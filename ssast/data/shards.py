@@ -26,6 +26,7 @@ from ssast.audio.io import AudioError, load_audio
 from ssast.config import AudioConfig
 from ssast.data.dataset import bad_item
 from ssast.data.manifest import DataError, LabelSet
+from ssast.data.remote import RETRIES, RETRY_WAIT_S, beside, is_url, local_path, read_url, sidecar_url, stream_samples
 from ssast.data.shard_format import INDEX_FORMAT, INDEX_NAME, sidecar_path
 
 AUDIO_EXTS = ("flac", "wav", "ogg", "mp3")  # member suffixes read as audio (ours are flac; others for user shards)
@@ -36,13 +37,14 @@ class ShardError(DataError):
 
 
 def read_index(path: str) -> dict:
-    """The index.json of a shard directory (or the file itself), checked for format."""
+    """The index.json of a shard directory (or the file itself, local or a URL), checked for format."""
     file = os.path.join(path, INDEX_NAME) if os.path.isdir(path) else path
-    if not os.path.isfile(file):
+    if not is_url(file) and not os.path.isfile(file):
         raise DataError(f"{path}: no {INDEX_NAME}; write shards with `ssast prepare` or pass .tar paths")
     try:
-        with open(file) as f:
-            index = json.load(f)
+        index = _read_json(file)
+    except OSError as e:
+        raise DataError(f"{file}: cannot read the shard index ({e})") from None
     except ValueError as e:
         raise DataError(f"{file}: not valid JSON ({e}); re-run `ssast prepare`") from None
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or "shards" not in index:
@@ -51,33 +53,55 @@ def read_index(path: str) -> dict:
 
 
 def resolve_shards(urls: list[str] | str) -> tuple[list[str], int | None]:
-    """Expand a shard directory, an index.json, tar paths or brace patterns into tar paths and a clip count if known."""
+    """Expand a shard directory, an index.json, tar paths or brace patterns (local or URLs: see
+    :mod:`ssast.data.remote`) into tar paths and a clip count if known."""
+    paths, counts = shard_counts(urls)
+    return paths, (None if None in counts else sum(counts))
+
+
+def shard_counts(urls: list[str] | str) -> tuple[list[str], list[int | None]]:
+    """The tar paths or URLs of ``urls`` and each shard's clip count (from the index or the sidecars, read through
+    the shard's own scheme; None where unknown)."""
     items = [urls] if isinstance(urls, (str, Path)) else list(urls)
     paths: list[str] = []
-    count: int | None = 0
+    counts: list[int | None] = []
     for item in items:
-        item = str(item)
-        if os.path.isdir(item) or item.endswith(INDEX_NAME):
+        item = local_path(str(item))
+        if (not is_url(item) and os.path.isdir(item)) or item.endswith(INDEX_NAME):
             index = read_index(item)
-            base = item if os.path.isdir(item) else os.path.dirname(item)
-            paths += [os.path.join(base, s) for s in index["shards"]]
-            count = None if count is None else count + int(index["num_clips"])
+            if is_url(item):
+                found = [beside(item, s) for s in index["shards"]]
+            else:
+                base = item if os.path.isdir(item) else os.path.dirname(item)
+                found = [os.path.join(base, s) for s in index["shards"]]
+            given = index.get("counts")
+            paths += found
+            counts += [int(c) for c in given] if isinstance(given, list) and len(given) == len(found) else \
+                [None] * len(found)
         else:
-            paths += expand_urls(item)  # webdataset's brace ("{000000..000009}") and "::" expansion
-            count = None
+            found = [local_path(p) for p in expand_urls(item)]  # webdataset's brace ("{000000..000009}") expansion
+            paths += found
+            counts += [None] * len(found)
     if not paths:
         raise DataError(f"no shards in {urls!r}; give a shard directory, .tar paths or a brace pattern")
-    missing = [p for p in paths if not os.path.isfile(p)]
+    missing = [p for p in paths if not is_url(p) and not os.path.isfile(p)]
     if missing:
         raise DataError(f"{len(missing)} of {len(paths)} shard files not found, first: {', '.join(missing[:5])}")
-    if count is None:  # plain tar paths: count from our sidecars when every shard has one
-        sides = [sidecar_path(p) for p in paths]
-        if all(p.endswith(".tar") and os.path.isfile(s) for p, s in zip(paths, sides)):
-            try:
-                count = sum(int(_read_json(s)["count"]) for s in sides)
-            except (OSError, ValueError, KeyError, TypeError):
-                count = None
-    return paths, count
+    if None in counts:  # plain tar paths: count from our sidecars when every shard has one
+        counts = [c if c is not None else _sidecar_count(p) for p, c in zip(paths, counts)]
+    return paths, counts
+
+
+def _sidecar_count(path: str) -> int | None:
+    """The clip count in a shard's sidecar, None when it has none (or not one of ours)."""
+    try:
+        side = sidecar_url(path) if is_url(path) else sidecar_path(path)
+        if not is_url(side) and not (path.endswith(".tar") and os.path.isfile(side)):
+            return None
+        # a shard without a sidecar is common and a missing file looks like any failed command: one try only
+        return int(json.loads(read_url(side, retries=0))["count"] if is_url(side) else _read_json(side)["count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def label_histogram(paths: list[str]) -> tuple[Counter, int]:
@@ -85,7 +109,7 @@ def label_histogram(paths: list[str]) -> tuple[Counter, int]:
     hist: Counter = Counter()
     clips = 0
     for p in paths:
-        side = sidecar_path(p)
+        side = sidecar_url(p) if is_url(p) else sidecar_path(p)
         try:
             meta = _read_json(side)
             hist.update({k: int(v) for k, v in meta["labels"].items()})
@@ -99,6 +123,8 @@ def label_histogram(paths: list[str]) -> tuple[Counter, int]:
 
 
 def _read_json(path: str) -> Any:
+    if is_url(path):
+        return json.loads(read_url(path))
     with open(path) as f:
         return json.load(f)
 
@@ -145,12 +171,18 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def __init__(
         self, urls: list[str] | str, *, labels: LabelSet | None, audio: AudioConfig, train: bool, seed: int = 0,
         rank: int = 0, world_size: int = 1, resample: bool = False, shuffle_buffer: int = 2000, strict: bool = False,
-        balanced: bool = False, holdout: tuple[float, str] | None = None,
+        balanced: bool = False, holdout: tuple[float, str] | None = None, num_clips: int = 0,
+        retries: int = RETRIES, retry_wait: float = RETRY_WAIT_S,
     ) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
-        self.urls, self.num_clips = resolve_shards(urls)
+        self.urls, counts = shard_counts(urls)
+        self.counts = dict(zip(self.urls, counts))  # what a broken remote shard lost is its count minus what came
+        self.num_clips = None if None in counts else sum(counts)
+        if self.num_clips is None and num_clips:  # the config's count, for URLs without index or sidecars
+            self.num_clips = num_clips
+        self.retries, self.retry_wait = retries, retry_wait
         if holdout:  # whole shards are held out (the last ones), so validation never reads the training shards
             fraction, role = holdout
             if len(self.urls) < 2:
@@ -202,7 +234,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             while True:
                 path = rng.choice(self.urls)
                 got = False
-                for sample in _shard_samples(path):
+                for sample in self._samples(path):
                     got = True
                     yield path, sample, draw
                 draw += 1
@@ -212,10 +244,16 @@ class ShardDataset(torch.utils.data.IterableDataset):
         shards, modulus, remainder = self.plan(worker, num_workers)
         n = 0
         for path in shards:
-            for sample in _shard_samples(path):
+            for sample in self._samples(path):
                 if n % modulus == remainder:
                     yield path, sample, 0
                 n += 1
+
+    def _samples(self, path: str) -> Iterator[dict]:
+        """One shard's grouped members: a local file, or a URL read with retries (lost clips as error items)."""
+        if is_url(path):
+            return stream_samples(path, self.counts.get(path), self.retries, self.retry_wait)
+        return _shard_samples(path)
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()

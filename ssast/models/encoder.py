@@ -178,6 +178,14 @@ class ViTEncoder(nn.Module):
         return out, layers
 
 
+def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Turn activation checkpointing of the encoder blocks on (or off) in every encoder inside ``model``."""
+    for m in model.modules():
+        if isinstance(m, ViTEncoder):
+            m.grad_checkpointing = enable
+    return model
+
+
 def build_encoder(cfg: ModelConfig) -> ViTEncoder:
     """The encoder a model config describes (the config's fields of the same names)."""
     fields = ("dim", "depth", "heads", "fshape", "tshape", "fstride", "tstride", "input_fdim", "input_tdim",

@@ -25,7 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ssast.atomic import atomic_write_text, disk_full, fsync_path  # noqa: F401 (disk_full: used by the engine)
+from ssast.atomic import atomic_write_text, fsync_path
 from ssast.config import Config, ConfigError, load_config
 from ssast.train.run_folder import check_links, remove_run
 from ssast.train.state_io import STATE as TRAINER_STATE
@@ -36,6 +36,7 @@ from ssast.train.state_io import STATE as TRAINER_STATE
 RESUME_MAY_CHANGE = (
     "train.steps", "train.epochs", "train.min_steps", "train.run_dir", "train.log_every", "train.ckpt_every",
     "train.keep_last", "train.eval_every", "train.image_every", "train.max_bad_steps", "train.progress", "train.device",
+    "train.grad_checkpointing",  # recomputes activations: the same gradients, less memory
     "data.valid", "data.test", "data.num_workers", "data.eval_batch_size", "data.strict", "data.allow_missing",
     # the frozen-encoder probe reads the encoder and its own lists, and draws no random number: it changes no weight
     "train.probe_every", "data.probe_train", "data.probe_test",
@@ -190,6 +191,26 @@ def resolve_resume(run_dir: Path) -> Path:
     return ckpts[-1]
 
 
+def auto_resume(run_dir: Path, cfg: Config) -> Path | None:
+    """``--resume auto``: ``run_dir`` when it holds a complete checkpoint of this same run (a saved config that
+    differs from ``cfg`` only where a resume may), None when there is nothing to resume (no run there yet, or this
+    run stopped before its first checkpoint). A folder holding another run is refused: never resumed, never replaced."""
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return None
+    try:
+        conflicts = resume_conflicts(load_config(saved), cfg)
+    except ConfigError as e:
+        raise ConfigError(f"--resume auto: {run_dir} holds a config this version cannot read ({e}); "
+                          f"choose another train.run_dir") from None
+    if conflicts:
+        raise ConfigError(f"--resume auto: {run_dir} holds another run ({'; '.join(conflicts[:3])}); it is neither "
+                          f"resumed nor replaced: choose another train.run_dir")
+    last = run_dir / "last"
+    return run_dir if (last.exists() and (last / TRAINER_STATE).is_file()) or list_checkpoints(run_dir) else None
+
+
 def model_meta(cfg: Config, kind: str, labels, step: int, epoch: int):
     """The typed checkpoint metadata (:class:`ssast.models.checkpoint.CheckpointMeta`) of a run's model now."""
     from ssast.models.checkpoint import CheckpointMeta
@@ -210,11 +231,13 @@ def restore(trainer, path: Path) -> None:
     st = read_state(path)  # JSON + safetensors: a foreign run directory cannot execute anything here
     check_state(st, path)
     t = trainer
+    own = st.get("ranks") or []  # every rank's RNGs (DDP); a checkpoint of another world size gives rank 0's
+    own = own[t.rt.rank] if len(own) == t.rt.world_size else {"rng": st["rng"], "gen": st["gen"]}
     parts = (
         ("model.safetensors", lambda: t.model.load_state_dict(load_state(path), strict=True)),
         ("optimizer", lambda: t.optimizer.load_state_dict(st["optimizer"])),
         ("schedule", lambda: t.schedule.load_state_dict(st["schedule"])),
-        ("gen", lambda: t.gen.set_state(st["gen"])),
+        ("gen", lambda: t.gen.set_state(own["gen"])),
         ("ema", lambda: t.ema.module.load_state_dict(st["ema"]) if t.ema and st["ema"] is not None else None),
         ("task", lambda: t.task.load_state_dict(st["task"])),
     )
@@ -225,5 +248,6 @@ def restore(trainer, path: Path) -> None:
             raise CheckpointError(f"{path}: {name} does not fit this run ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     t.step, t.epoch, t.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
+    t.saved_step = t.step  # the checkpoint resumed from is this step's
     t.bad_total, t.best, t.history, t.elapsed = st["bad_total"], st["best"], st["history"], st["elapsed"]
-    t._restored_rng = st["rng"]  # applied when the loop starts, after everything set-up may draw
+    t._restored_rng = own["rng"]  # applied when the loop starts, after everything set-up may draw

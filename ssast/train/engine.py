@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from ssast.atomic import atomic_write_text
+from ssast.atomic import atomic_write_text, disk_full
 from ssast.config import Config, ConfigError, dump_config
 from ssast.train.scoring import load_label_set
 from ssast.train import checkpoints as ck
@@ -29,7 +28,9 @@ from ssast.train.batches import training_inputs
 from ssast.train.run_folder import check_run_folder
 from ssast.train.state_io import write_state
 from ssast.train.tasks import build_task
+from ssast.train.preemption import StopAgreement, TrainingStopped, clear_marker, stop_for_signal
 from ssast.train.runtime import (
+    gather_to_main,
     peak_memory_mb,
     rng_state,
     seed_everything,
@@ -38,8 +39,7 @@ from ssast.train.runtime import (
 )
 
 
-class TrainingStopped(RuntimeError):
-    """The run ended early on purpose (signal) or because the loss kept being non-finite; a checkpoint tells where."""
+__all__ = ["Trainer", "TrainingStopped", "train"]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -74,6 +74,7 @@ class Trainer:
             self._build(stream)
             if self.rt.is_main:  # rank 0 owns the directory: created, locked, cleaned; the config is written
                 self.lock = ck.open_run_dir(self.run_dir, dump_config(cfg), stream, replace=overwrite and not resume)
+                clear_marker(self.run_dir)  # a run that starts again is no longer a preempted one
             self.board = Board(self.run_dir / "tb") if self.rt.is_main else Board(None)
             self.progress = Progress(self.total_steps, cfg.train.progress if self.rt.is_main else "none", stream,
                                      self.run_dir / "log.txt" if self.rt.is_main else None)
@@ -85,6 +86,7 @@ class Trainer:
         """Everything after the run directory is ours: data, model, optimiser, schedule, restored state."""
         from ssast.audio.features import FeatureExtractor
         from ssast.data.loader import build_loader, holdout_fraction
+        from ssast.models.encoder import set_grad_checkpointing
 
         cfg, rt = self.cfg, self.rt
         self.labels = load_label_set(cfg)
@@ -100,7 +102,8 @@ class Trainer:
 
         # a resume takes the weights from its checkpoint: model.init (maybe a relative path) is never read again
         model, self.init_info = self.task.build_model(from_checkpoint=bool(self.resume_from))
-        self.model = model.to(rt.device)
+        self.model = set_grad_checkpointing(model, cfg.train.grad_checkpointing or cfg.model.grad_checkpointing)
+        self.model.to(rt.device)
         self.num_params = count_parameters(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim, rt.device)
         # fused Adam skips an update on the device when told `found_inf`; other implementations need a host check
@@ -139,9 +142,10 @@ class Trainer:
         self.history: list[dict] = []
         self.elapsed = 0.0
         self._restored_rng = None
+        self.saved_step = -1  # the step of the last save() call, the same on every rank
         if self.resume_from:
             ck.restore(self, self.resume_from)
-        self._stop_signal = None
+        self.stopper = StopAgreement(rt)
 
     # -- features ------------------------------------------------------------------------------------------------
     def feature_fn(self, batch: dict, train: bool, mix=None) -> torch.Tensor:
@@ -179,17 +183,19 @@ class Trainer:
 
         Rank 0 only. A failed write (a full disk) leaves no partial folder and ends the run with one line that names
         the last complete checkpoint."""
+        ranks = gather_to_main(self.rt, {"rng": rng_state(), "gen": self.gen.get_state()})  # every rank calls save
+        self.saved_step = self.step
         if not self.rt.is_main:
             return None
         from ssast.models.checkpoint import save_checkpoint
 
         d = ck.step_dir(self.run_dir, self.step)
+        state = {**self._trainer_state(), "ranks": ranks}
         try:
-            save_checkpoint(d, self.model, self._model_meta(),
-                            write_more=lambda folder: write_state(folder, self._trainer_state()))
+            save_checkpoint(d, self.model, self._model_meta(), write_more=lambda folder: write_state(folder, state))
         except (OSError, SafetensorError) as e:
             last = ck.list_checkpoints(self.run_dir)
-            why = "no space left on the device" if ck.disk_full(e) else f"{type(e).__name__}: {e}"
+            why = "no space left on the device" if disk_full(e) else f"{type(e).__name__}: {e}"
             then = (f"the last complete checkpoint is {last[-1]}; free space and resume with --resume {self.run_dir}"
                     if last else "no checkpoint was complete, so there is nothing to resume; free space and start "
                     "again with --overwrite")
@@ -206,10 +212,6 @@ class Trainer:
         d = self.run_dir / name
         save_checkpoint(d, model or self.model, self._model_meta())
         return d
-
-    # -- signals -------------------------------------------------------------------------------------------------
-    def _on_signal(self, signum, frame):
-        self._stop_signal = signum
 
     # -- evaluation ----------------------------------------------------------------------------------------------
     def evaluate(self, loader, model: nn.Module | None = None) -> dict:
@@ -246,12 +248,10 @@ class Trainer:
         if self.resume_from:
             self.progress.message(f"resumed from {self.resume_from} at step {self.step}; this run writes only into "
                                   f"{self.run_dir}")
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            return self._fit()
+            with self.stopper.installed():
+                return self._fit()
         finally:
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
             self.board.close()
             self.progress.close()
             self.close()
@@ -344,12 +344,9 @@ class Trainer:
                 self.task.after_step(self, extras, bad)
                 if self.step % cfg.train.ckpt_every == 0 and self.step < self.total_steps:
                     self.save()
-                if self._stop_signal is not None:
-                    self.save()
-                    raise TrainingStopped(
-                        f"stopped by signal {signal.Signals(self._stop_signal).name} at step {self.step}; "
-                        f"resume with --resume {self.run_dir}"
-                    )
+                stop = self.stopper.poll()  # every rank gets the same answer at the same step
+                if stop:
+                    stop_for_signal(self, stop)
                 if not self.by_epochs and self.step >= self.total_steps:
                     break
             else:
@@ -388,7 +385,7 @@ class Trainer:
     def _finish(self) -> dict:
         cfg, rt = self.cfg, self.rt
         final_model = self.task.final_model(self)
-        if not (ck.step_dir(self.run_dir, self.step) / ck.TRAINER_STATE).is_file():  # the epoch end may have saved it
+        if self.saved_step != self.step:  # the epoch end may have saved it (a decision every rank takes alike)
             self.save()
         final_dir = self.save_model("final", final_model)
         result = {"task": cfg.task, "steps": self.step, "epochs": self.epoch, "time_s": self.elapsed,

@@ -102,6 +102,24 @@ def resolve_precision(precision: str, device: torch.device, dim: int = 768) -> t
     return None, ""
 
 
+def init_process_group(backend: str, rank: int, world_size: int) -> None:
+    """torchrun's process group, kept apart from those of earlier attempts after an elastic restart.
+
+    The elastic agent lends its workers its own store, which outlives a restart: the restarted workers could read the
+    addresses the killed ones published there and fail to connect (seen with gloo and torch 2.11: "connectFullMesh
+    failed ... Connection refused" to the dead rank's port). Their keys go under the restart count instead."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend=backend)
+        return
+    from datetime import timedelta
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timedelta(minutes=30))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"ssast/attempt-{attempt}", store), rank=rank,
+                            world_size=world_size)
+
+
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """The device ``train.device`` names, checked against what this machine has (ConfigError otherwise); changes
     nothing, so --dry-run refuses what the run would."""
@@ -139,7 +157,7 @@ def setup_runtime(device: str = "auto", precision: str = "auto", dim: int = 768)
     if dev.type == "cpu":
         tune_cpu_allocator()
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        init_process_group("nccl" if dev.type == "cuda" else "gloo", rank, world_size)
     dtype, note = resolve_precision(precision, dev, dim)
     return Runtime(dev, dtype, rank, world_size, local_rank, note)
 
@@ -184,6 +202,15 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_to_main(rt: Runtime, obj) -> list | None:
+    """``obj`` of every rank, in rank order, on rank 0 (None elsewhere); every rank must call it. One process: [obj]."""
+    if not rt.distributed:
+        return [obj]
+    out = [None] * rt.world_size if rt.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def cleanup_distributed() -> None:

@@ -160,6 +160,14 @@ def check_state(st: Any, where: str | Path) -> None:
         if not ok(st[field]):
             bad(field, f"must be {want}, got {_short(st[field])}")
     _check_rng(st["rng"], bad)
+    ranks = st.get("ranks")  # every rank's generators (DDP runs); absent in checkpoints before it existed
+    if ranks is not None:
+        if not (isinstance(ranks, list) and all(isinstance(r, dict) and {"rng", "gen"} <= set(r) for r in ranks)):
+            bad("ranks", f"must be a list of per-rank RNG states, got {_short(ranks)}")
+        for r in ranks:
+            if not (isinstance(r["gen"], torch.Tensor) and r["gen"].dtype == torch.uint8 and r["gen"].dim() == 1):
+                bad("ranks", "holds a generator state that is not a 1-D uint8 tensor")
+            _check_rng(r["rng"], lambda field, why: bad("ranks", why))
 
 
 def _short(v: Any) -> str:
