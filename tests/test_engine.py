@@ -137,7 +137,7 @@ def test_k_masks_per_clip_resume_is_exact(corpus, tmp_path, monkeypatch):
     def stop_at_3(self, tr, extras, bad):
         after_step(self, tr, extras, bad)
         if tr.step == 3:
-            tr._stop_signal = signal.SIGTERM
+            tr.stopper.local = signal.SIGTERM  # what the handler notes on SIGTERM
 
     monkeypatch.setattr(PretrainTask, "after_step", stop_at_3)
     with pytest.raises(TrainingStopped, match="step 3"):
