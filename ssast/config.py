@@ -66,6 +66,9 @@ class ModelConfig:
     mask_patch: float = 400  # a count (>= 1) or a fraction of the tokens (< 1)
     mask_mode: Literal["auto", "cluster", "random"] = "auto"  # auto: cluster for patches, random for frames
     cluster_sizes: list[int] = field(default_factory=lambda: [3, 4, 5])
+    # cluster masks: "ours" (centred squares, clipped at the border) or "authors" (their sampler and its quirks:
+    # anchored squares that wrap across rows, token 0 never masked, the trim keeps the lowest indices); README
+    mask_sampler: Literal["ours", "authors"] = "ours"
     nce_weight: float = 1.0
     mse_weight: float = 10.0
     nce_axis: Literal["authors", "paper"] = "authors"
@@ -538,6 +541,15 @@ def validate(cfg: Config) -> None:
                               ["model.two_pass", "model.pretrain_encoder"])
         if any(c < 1 for c in m.cluster_sizes) or not m.cluster_sizes:
             raise ConfigError("model.cluster_sizes must be a non-empty list of positive sizes", ["model.cluster_sizes"])
+        if m.mask_sampler == "authors" and not m.is_frame and m.mask_mode != "random":
+            from ssast.models.masking import num_masked
+            from ssast.models.tokenizer import grid_shape
+
+            f, t = grid_shape(r.input_fdim, r.input_tdim, r.fshape, r.tshape, r.fstride, r.tstride)
+            if num_masked(r.mask_patch, f * t) > f * t - 2:
+                raise ConfigError(f"model.mask_sampler=authors masks at most {f * t - 2} of {f * t} tokens (token 0 "
+                                  "is never masked and their loop stops above the count)",
+                                  ["model.mask_sampler", "model.mask_patch"])
     _check_probe(cfg)
     if cfg.data.train_weights and len(cfg.data.train_weights) != len(cfg.data.train):
         raise ConfigError(
