@@ -542,8 +542,11 @@ def test_run_scripts_build_the_recipe_commands(tmp_path):
     weights = tmp_path / "deit.pth"
     weights.write_bytes(b"x")
     out = dry("finetune/speechcommands/run.sh", f"imagenet:{weights}", "patch").stdout
-    assert "speechcommands_patch.yaml" in out and "model.pooling=cls" in out and f"model.init=imagenet:{weights}" in out
-    assert "evaluate" in out and "/patch/best" in out  # then the best-on-validation model on the test list
+    assert "speechcommands_ast_imagenet.yaml" in out and "model.pooling=cls" in out
+    assert f"model.init=imagenet:{weights}" in out
+    assert "evaluate" in out and "/ast_imagenet/best" in out  # then the best-on-validation model on the test list
+    out = dry("finetune/speechcommands/run.sh", "scratch", "patch").stdout
+    assert "speechcommands_patch.yaml" in out and "/patch/best" in out
     data_esc = tmp_path / "esc"
     for name in ("fold1_train.json", "labels.csv"):
         (data_esc / name).parent.mkdir(parents=True, exist_ok=True)
