@@ -209,6 +209,9 @@ class TrainConfig:
     ema: float = 0.0  # 0: off; else the EMA decay
     wa_start: int = 0  # weight averaging over epochs [wa_start, wa_end]; 0: off
     wa_end: int = 0
+    # fine-tuning: also score the running mean of every epoch's predictions (the authors' cum_mAP / cum_acc), logged
+    # as valid/ensemble_* and kept as ensemble/ predictions that `ssast evaluate --ensemble RUN` re-scores
+    epoch_ensemble: bool = False
     loss: Literal["auto", "ce", "bce"] = "auto"  # fine-tuning loss; auto: bce when data.multilabel else ce
     max_bad_steps: int = 20  # stop after this many non-finite losses in a row
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
@@ -563,6 +566,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.lr must be a positive number, got {cfg.optim.lr}", ["optim.lr"])
     if len(cfg.optim.betas) != 2:
         raise ConfigError("optim.betas needs two values", ["optim.betas"])
+    if cfg.task == "finetune" and cfg.train.epoch_ensemble and not (cfg.data.valid or cfg.data.test):
+        raise ConfigError("train.epoch_ensemble scores every epoch's predictions: give data.valid or data.test",
+                          ["train.epoch_ensemble", "data.valid", "data.test"])
     if cfg.train.wa_start and cfg.train.wa_end < cfg.train.wa_start:
         raise ConfigError("train.wa_end must not be before train.wa_start", ["train.wa_start", "train.wa_end"])
     a = cfg.augment
