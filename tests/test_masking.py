@@ -170,3 +170,20 @@ def test_authors_sampler_squares_wrap_and_trim_drops_the_highest():
 def test_authors_sampler_rejects_a_count_their_loop_never_reaches():
     with pytest.raises(ValueError, match="at most 510"):
         cluster_mask(2, 8, 64, 511, sampler="authors")
+
+
+def test_pretrain_model_uses_the_authors_sampler_when_asked():
+    from ssast.config import ConfigError, load_config
+    from ssast.models.pretrain import build_pretrain_model
+
+    tiny = ["task=pretrain", "model.size=custom", "model.dim=32", "model.depth=1", "model.heads=2",
+            "audio.target_length=64", "model.input_tdim=64", "model.mask_patch=12"]  # an 8 x 4 grid of 16x16 patches
+    ours = build_pretrain_model(load_config(None, tiny).model)
+    theirs = build_pretrain_model(load_config(None, tiny + ["model.mask_sampler=authors"]).model)
+    a = theirs.sample_mask(64, generator=gen(0))
+    assert (a.sum(1) == 12).all() and not a[:, 0].any() and not a[:, -1].any()
+    assert ours.sample_mask(64, generator=gen(0))[:, 0].any()  # ours can mask token 0
+    out = theirs(torch.randn(2, 64, 128), generator=gen(1))
+    assert torch.isfinite(out.loss) and out.mask.sum() == 24
+    with pytest.raises(ConfigError, match="mask_sampler=authors masks at most 30"):
+        load_config(None, tiny + ["model.mask_sampler=authors", "model.mask_patch=31"])
