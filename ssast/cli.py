@@ -88,6 +88,17 @@ def cmd_evaluate(args) -> int:
 
     from ssast.config import load_config
 
+    if args.ensemble:  # a run's epoch ensemble, re-scored from the predictions it saved (train.epoch_ensemble)
+        from ssast.config import ConfigError
+        from ssast.train.epoch_ensemble import rescore
+
+        if args.args:
+            raise ConfigError(f"evaluate --ensemble RUN takes no checkpoint or override, got {' '.join(args.args)}")
+        if args.out:
+            from ssast.atomic import check_output
+
+            check_output(args.out, folder=False, what="--out")
+        return _print_metrics(rescore(args.ensemble), args.out)
     checkpoints = [a for a in args.args if "=" not in a]
     if not checkpoints:
         from ssast.config import ConfigError
@@ -100,11 +111,15 @@ def cmd_evaluate(args) -> int:
         check_output(args.out, folder=False, what="--out")
     metrics = evaluate_checkpoint(checkpoints, cfg)
     metrics.pop("per_class_ap", None)
-    text = json.dumps(metrics, indent=2)
-    if args.out:
-        from ssast.atomic import atomic_write_text
+    return _print_metrics(metrics, args.out)
 
-        atomic_write_text(args.out, text + "\n")
+
+def _print_metrics(metrics: dict, out: str | None) -> int:
+    from ssast.atomic import atomic_write_text
+
+    text = json.dumps(metrics, indent=2)
+    if out:
+        atomic_write_text(out, text + "\n")
     print(text)
     return 0
 
@@ -296,8 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of fine-tuned checkpoint(s) on a labelled list; several = an ensemble",
                        epilog=EPILOG_OVERRIDES)
     p.add_argument("--config", "-c", help="YAML config (only what differs from the defaults)")
-    p.add_argument("args", nargs="+", metavar="CHECKPOINT_OR_KEY=VALUE",
+    p.add_argument("args", nargs="*", metavar="CHECKPOINT_OR_KEY=VALUE",
                    help="checkpoint folder(s) (several are ensembled: mean probabilities) and dotted overrides")
+    p.add_argument("--ensemble", metavar="RUN_DIR",
+                   help="re-score a run's epoch ensemble (train.epoch_ensemble) from the predictions it saved")
     p.add_argument("--out", help="write the metrics JSON here too")
     p.set_defaults(func=cmd_evaluate, positionals="args")
 

@@ -71,6 +71,9 @@ class ModelConfig:
     # K: each clip is decoded, featurised and augmented once and masked K times independently; the objectives
     # (and the encoder, as one batch) see K x data.batch_size masked copies per step
     masks_per_clip: int = 1
+    # cluster masks: "ours" (centred squares, clipped at the border) or "authors" (their sampler and its quirks:
+    # anchored squares that wrap across rows, token 0 never masked, the trim keeps the lowest indices); README
+    mask_sampler: Literal["ours", "authors"] = "ours"
     nce_weight: float = 1.0
     mse_weight: float = 10.0
     nce_axis: Literal["authors", "paper"] = "authors"
@@ -217,6 +220,9 @@ class TrainConfig:
     ema: float = 0.0  # 0: off; else the EMA decay
     wa_start: int = 0  # weight averaging over epochs [wa_start, wa_end]; 0: off
     wa_end: int = 0
+    # fine-tuning: also score the running mean of every epoch's predictions (the authors' cum_mAP / cum_acc), logged
+    # as valid/ensemble_* and kept as ensemble/ predictions that `ssast evaluate --ensemble RUN` re-scores
+    epoch_ensemble: bool = False
     loss: Literal["auto", "ce", "bce"] = "auto"  # fine-tuning loss; auto: bce when data.multilabel else ce
     max_bad_steps: int = 20  # stop after this many non-finite losses in a row
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
@@ -555,7 +561,17 @@ def validate(cfg: Config) -> None:
             if not getattr(m, key) or any(c < 1 for c in getattr(m, key)):
                 raise ConfigError(f"model.{key} must be a non-empty list of positive sizes", [f"model.{key}"])
         if m.masks_per_clip < 1:
-            raise ConfigError(f"model.masks_per_clip must be at least 1, got {m.masks_per_clip}", ["model.masks_per_clip"])
+            raise ConfigError(f"model.masks_per_clip must be at least 1, got {m.masks_per_clip}",
+                              ["model.masks_per_clip"])
+        if m.mask_sampler == "authors" and not m.is_frame and m.mask_mode in ("auto", "cluster"):  # where it samples
+            from ssast.models.masking import num_masked
+            from ssast.models.tokenizer import grid_shape
+
+            f, t = grid_shape(r.input_fdim, r.input_tdim, r.fshape, r.tshape, r.fstride, r.tstride)
+            if num_masked(r.mask_patch, f * t) > f * t - 2:
+                raise ConfigError(f"model.mask_sampler=authors masks at most {f * t - 2} of {f * t} tokens (token 0 "
+                                  "is never masked and their loop stops above the count)",
+                                  ["model.mask_sampler", "model.mask_patch"])
     _check_probe(cfg)
     if cfg.data.train_weights and len(cfg.data.train_weights) != len(cfg.data.train):
         raise ConfigError(
@@ -572,6 +588,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.lr must be a positive number, got {cfg.optim.lr}", ["optim.lr"])
     if len(cfg.optim.betas) != 2:
         raise ConfigError("optim.betas needs two values", ["optim.betas"])
+    if cfg.task == "finetune" and cfg.train.epoch_ensemble and not (cfg.data.valid or cfg.data.test):
+        raise ConfigError("train.epoch_ensemble scores every epoch's predictions: give data.valid or data.test",
+                          ["train.epoch_ensemble", "data.valid", "data.test"])
     if cfg.train.wa_start and cfg.train.wa_end < cfg.train.wa_start:
         raise ConfigError("train.wa_end must not be before train.wa_start", ["train.wa_start", "train.wa_end"])
     a = cfg.augment

@@ -162,3 +162,74 @@ def test_num_masked():
         num_masked(0, 512)
     with pytest.raises(ValueError, match="whole number"):
         num_masked(2.5, 512)
+
+
+def _authors_reference(side: int, anchors: list[int], t_cols: int, n: int, num_mask: int) -> list[int] | None:
+    """The authors' loop (ssast src/models/ast_models.py gen_maskid_patch), fed our anchors in order; None when
+    they run out before the loop would stop (ours then fills with the lowest uncovered tokens)."""
+    ids: list[int] = []
+    for start in anchors:
+        ids += [start + t_cols * i + j for i in range(side) for j in range(side) if 0 < start + t_cols * i + j < n]
+        if len(set(ids)) > num_mask:
+            return sorted(set(ids))[:num_mask]  # list(set(small ints)) is ascending
+    return None
+
+
+@pytest.mark.parametrize("grid, num_mask", [((8, 64), 400), ((8, 12), 30), ((3, 4), 6), ((1, 40), 20)])
+def test_authors_sampler_is_their_loop(grid, num_mask):
+    from ssast.models.masking import cluster_square_budget
+
+    f_rows, t_cols = grid
+    n = f_rows * t_cols
+    mask = cluster_mask(16, f_rows, t_cols, num_mask, generator=torch.Generator().manual_seed(3), sampler="authors")
+    # the same draws, in the same order: side per clip, then the anchors
+    g = torch.Generator().manual_seed(3)
+    sides = torch.tensor([3, 4, 5])[torch.randint(3, (16, 1), generator=g)][:, 0]
+    budget = 2 * cluster_square_budget(f_rows, t_cols, num_mask, 3)
+    anchors = torch.randint(n, (16, budget, 1), generator=g)[..., 0]
+    short = 0
+    for b in range(16):
+        want = _authors_reference(int(sides[b]), anchors[b].tolist(), t_cols, n, num_mask)
+        short += want is None
+        if want is not None:
+            assert torch.nonzero(mask[b])[:, 0].tolist() == want
+    assert short <= (0 if n >= 96 else 8)  # the budget suffices on real grids; tiny ones may fall back
+    assert (mask.sum(1) == num_mask).all()
+    assert not mask[:, 0].any() and not mask[:, -1].any()  # their quirks: token 0 and the last never masked
+
+
+def test_authors_sampler_squares_wrap_and_trim_drops_the_highest():
+    # one 3x3 square anchored at the last column of row 0 of a 4x5 grid wraps into the next rows' first columns
+    from ssast.models.masking import _authors_squares
+
+    side = torch.tensor([[3]])
+    # find a seed whose first anchor is token 4 (row 0, last column)
+    for seed in range(200):
+        g = torch.Generator().manual_seed(seed)
+        if int(torch.randint(20, (1, 1, 1), generator=g)) == 4:
+            break
+    mask = _authors_squares(side, 3, 4, 5, 8, 1, torch.Generator().manual_seed(seed))
+    # the square: 4,5,6 / 9,10,11 / 14,15,16 (5 and 6 are row 1, 10 and 11 row 2...): 9 tokens > 8, the trim drops 16
+    assert torch.nonzero(mask[0])[:, 0].tolist() == [4, 5, 6, 9, 10, 11, 14, 15]
+
+
+def test_authors_sampler_rejects_a_count_their_loop_never_reaches():
+    with pytest.raises(ValueError, match="at most 510"):
+        cluster_mask(2, 8, 64, 511, sampler="authors")
+
+
+def test_pretrain_model_uses_the_authors_sampler_when_asked():
+    from ssast.config import ConfigError, load_config
+    from ssast.models.pretrain import build_pretrain_model
+
+    tiny = ["task=pretrain", "model.size=custom", "model.dim=32", "model.depth=1", "model.heads=2",
+            "audio.target_length=64", "model.input_tdim=64", "model.mask_patch=12"]  # an 8 x 4 grid of 16x16 patches
+    ours = build_pretrain_model(load_config(None, tiny).model)
+    theirs = build_pretrain_model(load_config(None, tiny + ["model.mask_sampler=authors"]).model)
+    a = theirs.sample_mask(64, generator=gen(0))
+    assert (a.sum(1) == 12).all() and not a[:, 0].any() and not a[:, -1].any()
+    assert ours.sample_mask(64, generator=gen(0))[:, 0].any()  # ours can mask token 0
+    out = theirs(torch.randn(2, 64, 128), generator=gen(1))
+    assert torch.isfinite(out.loss) and out.mask.sum() == 24
+    with pytest.raises(ConfigError, match="mask_sampler=authors masks at most 30"):
+        load_config(None, tiny + ["model.mask_sampler=authors", "model.mask_patch=31"])

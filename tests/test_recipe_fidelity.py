@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,35 @@ def test_table_entries_are_well_formed():
                 assert "reason" not in entry, f"{where}: {key} has a reason but no `ours` value"
     for name, recipe in RECIPES.items():
         assert recipe.get("common") in (None, *TABLE["common"]), f"{name}: unknown common set {recipe.get('common')}"
+
+
+# (run script, the lists its dry run needs, the AST recipe an imagenet: init must switch to, its warm-up in steps)
+IMAGENET_STARTS = [
+    ("finetune/esc50/run.sh", ["fold1_train.json", "labels.csv"], "configs/finetune/esc50_ast_imagenet.yaml", 0),
+    ("finetune/speechcommands/run.sh", ["train.json"], "configs/finetune/speechcommands_ast_imagenet.yaml", 0),
+    ("finetune/audioset20k/run.sh", ["balanced_train.json"], "configs/finetune/audioset20k_ast_imagenet.yaml", 1000),
+]
+
+
+@pytest.mark.parametrize("script, lists, recipe, warmup", IMAGENET_STARTS)
+def test_an_imagenet_start_runs_asts_own_recipe(tmp_path, script, lists, recipe, warmup):
+    """AST's run_esc.sh / run_sc.sh (warmup=False, lines 39 and 63) / egs/audioset/run.sh (warmup=True, line 62), not
+    SSAST's recipe, for a DeiT start; an SSAST start keeps SSAST's."""
+    for name in lists:
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / name).write_text("{}")
+    weights = tmp_path / "deit.pth"
+    weights.write_bytes(b"x")
+    env = dict(os.environ, DRY_RUN="1", DATA=str(tmp_path / "data"), RUNS=str(tmp_path / "runs"), FOLDS="1",
+               PYTHON=sys.executable)
+    env.pop("AUDIOSET_ROOT", None), env.pop("ESC50_ROOT", None), env.pop("SC_ROOT", None)
+
+    def command(init: str) -> str:
+        proc = subprocess.run(["bash", str(REPO / script), init, "patch"], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines()[0]
+
+    assert str(REPO / recipe) in command(f"imagenet:{weights}")
+    assert str(REPO / recipe) not in command("scratch")
+    assert RECIPES[recipe]["script"].startswith("YuanGongND/ast ")  # tabled against AST's own script
+    assert load_config(REPO / recipe, task="finetune").optim.warmup_steps == warmup

@@ -401,6 +401,26 @@ def test_audioset20k_prepares_only_balanced_and_eval(tmp_path, capsys):
     assert len(read_json_list(out / "balanced_train.json")) == 3
 
 
+def test_audioset20k_enhanced_list_relabels_our_clips(tmp_path, capsys):
+    audio, meta = fake_audioset(tmp_path / "as")
+    out = tmp_path / "as20k"
+    enhanced = tmp_path / "balanced_train_data_type1_2_mean.json"
+    # the PSLA list names the authors' files: one clip gains a label, one is not in it
+    enhanced.write_text(json.dumps({"data": [
+        {"wav": "/their/disk/Y--PJHxphWEs.wav", "labels": "/m/09x0r,/m/05zppz,/m/0jbk"},
+        {"wav": "/their/disk/Ya_b-c_d-e_f.wav", "labels": "/m/09x0r"}]}))
+    run_main("finetune/audioset20k/prepare.py", ["--root", audio, "--csv-dir", meta, "--out", out,
+                                                 "--enhanced-list", enhanced], capsys)
+    got = {Path(c.path).name: sorted(c.labels) for c in read_json_list(out / "balanced_train_enhanced.json")}
+    assert got == {"--PJHxphWEs_30000.wav": ["/m/05zppz", "/m/09x0r", "/m/0jbk"],
+                   "a_b-c_d-e_f_0.000_10.000.wav": ["/m/09x0r"]}
+    assert all(Path(c.path).is_file() for c in read_json_list(out / "balanced_train_enhanced.json"))  # our files
+    enhanced.write_text(json.dumps({"data": [{"wav": "/x/Y--PJHxphWEs.wav", "labels": "/m/nope"}]}))
+    with pytest.raises(DataError, match=r"balanced_train_data_type1_2_mean.json.*/m/nope"):
+        load_script("finetune/audioset20k/prepare.py").main(["--root", str(audio), "--csv-dir", str(meta), "--out",
+                                                              str(out), "--enhanced-list", str(enhanced)])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # LibriSpeech, a folder of audio, and the pretraining launchers
 
@@ -537,13 +557,20 @@ def test_run_scripts_build_the_recipe_commands(tmp_path):
     out = dry("finetune/audioset20k/run.sh", "scratch", "frame").stdout
     assert "audioset20k_patch.yaml" in out and "model.fshape=128" in out and "model.tstride=1" in out
     assert f"data.test=\\[{data}/eval.json\\]" in out or f"data.test=[{data}/eval.json]" in out
+    assert "balanced_train.json" in out
+    (data / "balanced_train_enhanced.json").write_text("{}")  # prepared with --enhanced-list: the authors' labels
+    assert "balanced_train_enhanced.json" in dry("finetune/audioset20k/run.sh", "scratch", "patch").stdout
+    (data / "balanced_train_enhanced.json").unlink()
     out = dry("finetune/voxceleb1/run.sh", "scratch", "patch").stdout
     assert "voxceleb1_frame.yaml" in out and "model.fshape=16" in out and "model.fstride=10" in out
     weights = tmp_path / "deit.pth"
     weights.write_bytes(b"x")
     out = dry("finetune/speechcommands/run.sh", f"imagenet:{weights}", "patch").stdout
-    assert "speechcommands_patch.yaml" in out and "model.pooling=cls" in out and f"model.init=imagenet:{weights}" in out
-    assert "evaluate" in out and "/patch/best" in out  # then the best-on-validation model on the test list
+    assert "speechcommands_ast_imagenet.yaml" in out and "model.pooling=cls" in out
+    assert f"model.init=imagenet:{weights}" in out
+    assert "evaluate" in out and "/ast_imagenet/best" in out  # then the best-on-validation model on the test list
+    out = dry("finetune/speechcommands/run.sh", "scratch", "patch").stdout
+    assert "speechcommands_patch.yaml" in out and "/patch/best" in out
     data_esc = tmp_path / "esc"
     for name in ("fold1_train.json", "labels.csv"):
         (data_esc / name).parent.mkdir(parents=True, exist_ok=True)

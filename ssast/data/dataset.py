@@ -81,6 +81,12 @@ class ClipDataset(Dataset):
         self.epoch = 0
         self.max_samples = max_samples(audio.target_length, *window_hop(audio.sample_rate))
         self.crop = audio.crop if train else "start"
+        self.partners: list[ClipDataset] = [self]  # where mixup partners come from (see share_partners)
+
+    def share_partners(self, pool: Sequence["ClipDataset"]) -> None:
+        """Draw mixup partners uniformly over the clips of every dataset in ``pool`` (the union of the training
+        lists, as the authors draw over their one list), not over this list alone."""
+        self.partners = list(pool)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -129,19 +135,24 @@ class ClipDataset(Dataset):
         return {"wave": wave, "labels": y, "key": key}
 
     def _mix(self, wave: np.ndarray, y: np.ndarray | None, rng: np.random.Generator):
-        """Mix with a partner drawn from the dataset (the authors' dataset-level mixup), labels mixed alike."""
-        partner = int(rng.integers(len(self.clips)))
+        """Mix with a partner drawn uniformly over the training clips (the authors' dataset-level mixup), labels
+        mixed alike. As the authors do, the partner is zero-padded or cut to this clip's length."""
+        partner = int(rng.integers(sum(len(ds) for ds in self.partners)))
+        source = self.partners[0]
+        for source in self.partners:  # the list the partner's index falls in
+            if partner < len(source):
+                break
+            partner -= len(source)
         lam = float(rng.beta(self.mixup_alpha, self.mixup_alpha))
         try:
-            other, y2 = self._load(partner, rng)
+            other, y2 = source._load(partner, rng)
         except AudioError:
             if self.strict:
                 raise
             return wave, y  # a bad partner only cancels the mix; the clip itself is fine
-        n = max(len(wave), len(other))
-        mixed = np.zeros(n, np.float32)
-        mixed[: len(wave)] += lam * wave
-        mixed[: len(other)] += (1.0 - lam) * other
+        mixed = lam * wave
+        n = min(len(wave), len(other))
+        mixed[:n] += (1.0 - lam) * other[:n]
         mixed -= mixed.mean(dtype=np.float64).astype(np.float32)
         if y is not None and y2 is not None:
             y = (lam * y + (1.0 - lam) * y2).astype(np.float32)

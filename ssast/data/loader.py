@@ -313,24 +313,28 @@ def _map_dataset(cfg: Config, source: str, kind: str, labels: LabelSet | None, t
 
 
 def _map_weights(cfg: Config, datasets: Sequence[ClipDataset], train: bool) -> np.ndarray | None:
-    """Per-item sampling weights for class balance and/or source mixing; None for plain shuffling."""
+    """Per-item sampling weights for class balance and/or source mixing; None for plain shuffling.
+
+    Class balance counts labels over the UNION of the training lists, as the authors' one weight file over their one
+    list does (AudioSet-2M = the balanced and unbalanced lists together): per-list counts would give each list a total
+    weight of about the number of classes, i.e. the small balanced list half of all draws."""
     if not train:
         return None
     balanced = cfg.data.balanced_sampling
     mixing = len(datasets) > 1 and bool(cfg.data.train_weights)
     if not balanced and not mixing:
         return None
-    parts = []
-    for ds in datasets:
-        if balanced:
-            if ds.labels is None:
-                raise DataError(
-                    "data.balanced_sampling needs labelled clip lists and data.label_csv; "
-                    "folders have no labels: set data.balanced_sampling=false"
-                )
-            parts.append(class_balanced_weights(ds.label_matrix()))
-        else:
-            parts.append(np.ones(len(ds)))
+    sizes = [len(ds) for ds in datasets]
+    if balanced:
+        if any(ds.labels is None for ds in datasets):
+            raise DataError(
+                "data.balanced_sampling needs labelled clip lists and data.label_csv; "
+                "folders have no labels: set data.balanced_sampling=false"
+            )
+        weights = class_balanced_weights(np.concatenate([ds.label_matrix() for ds in datasets]))
+    else:
+        weights = np.ones(sum(sizes))
+    parts = np.split(weights, np.cumsum(sizes)[:-1])
     if mixing:
         shares = np.asarray(cfg.data.train_weights, dtype=np.float64)
         shares = shares / shares.sum()
@@ -341,8 +345,10 @@ def _map_weights(cfg: Config, datasets: Sequence[ClipDataset], train: bool) -> n
 
 def _stream_sizes(datasets: Sequence) -> list[float]:
     """Default mixing weights: proportional to each source's clip count, i.e. what concatenating them would give
-    (the paper's AudioSet + LibriSpeech). Shard sets without a known count (no index) weigh as much as the mean."""
-    sizes = [getattr(ds, "num_clips", None) if not isinstance(ds, ClipDataset) else len(ds) for ds in datasets]
+    (the paper's AudioSet + LibriSpeech); class-balanced shard sets weigh their expected draws (their share of the
+    union's total class weight). Shard sets without a known count (no index) weigh as much as the mean."""
+    sizes = [len(ds) if isinstance(ds, ClipDataset) else (getattr(ds, "expected_draws", None)
+                                                         or getattr(ds, "num_clips", None)) for ds in datasets]
     known = [n for n in sizes if n]
     fill = sum(known) / len(known) if known else 1.0
     return [float(n) if n else fill for n in sizes]
@@ -411,6 +417,8 @@ def build_loader(
 
     sampler = None
     if "shards" not in kinds:
+        for ds in datasets:  # mixup partners over the union of the lists, as over the authors' one list
+            ds.share_partners(datasets)
         dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
         sampler = ResumableSampler(
             len(dataset),
@@ -433,6 +441,11 @@ def build_loader(
                                                   endless=endless)
             for ds, kind in zip(datasets, kinds)
         ]
+        balanced = [ds for ds in datasets if getattr(ds, "label_weight", None) is not None]
+        if len(balanced) > 1:  # class counts over the union of the training lists, not per list
+            from ssast.data.shards import balance_over
+
+            balance_over(balanced)
         weights = cfg.data.train_weights if (train and cfg.data.train_weights) else _stream_sizes(datasets)
         dataset = streams[0] if len(streams) == 1 else WeightedInterleave(
             streams, weights, seed=seed, rank=rank, endless=endless

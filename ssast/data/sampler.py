@@ -113,11 +113,12 @@ class ResumableSampler(Sampler[int]):
 def class_balanced_weights(label_matrix: np.ndarray | torch.Tensor, eps: float = 0.01) -> np.ndarray:
     """Per-item sampling weights that favour rare classes (the AudioSet recipe).
 
-    Each class c gets weight 1 / (count_c + eps), counted over the dataset; an item's weight is the sum of the weights
-    of its labels. Items without labels get 0 and are never drawn, as in the recipe.
+    Each class c gets weight 1000 / (count_c + eps), counted over the dataset; an item's weight is the sum of the
+    weights of its labels (the authors' ``gen_weight_file.py``, scale included). Items without labels get 0 and are
+    never drawn, as in the recipe.
     """
     y = np.asarray(label_matrix, dtype=np.float64)
     if y.ndim != 2:
         raise ValueError(f"label_matrix must be (items, classes), got shape {y.shape}")
-    class_w = 1.0 / (y.sum(axis=0) + eps)
+    class_w = 1000.0 / (y.sum(axis=0) + eps)
     return (y > 0).astype(np.float64) @ class_w

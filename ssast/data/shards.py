@@ -122,6 +122,24 @@ def label_histogram(paths: list[str]) -> tuple[Counter, int]:
     return hist, clips
 
 
+def balance_over(sets: list["ShardDataset"]) -> None:
+    """Class balance by weighting, counted over the union of ``sets`` (the authors' one weight file over their one
+    training list): a clip weighs the sum over its labels of 1000 / (count + 0.01), counts from every set's sidecars,
+    and is emitted r = weight / mean weight times on average (floor(r) copies plus one more with probability
+    r - floor(r)), so one pass over the shards draws clips in proportion to their weights, as sampling with
+    replacement would. Each set's ``expected_draws`` (its share of the union's draws) is what mixing sets weighs."""
+    hist: Counter = Counter()
+    for ds in sets:
+        hist.update(ds.label_hist)
+    clips = sum(ds.hist_clips for ds in sets)
+    weights = {mid: 1000.0 / (n + 0.01) for mid, n in hist.items()}
+    mean = sum(n * weights[mid] for mid, n in hist.items()) / max(clips, 1)
+    label_weight = {mid: w / mean for mid, w in weights.items()}
+    for ds in sets:
+        ds.label_weight = label_weight
+        ds.expected_draws = sum(n * label_weight[mid] for mid, n in ds.label_hist.items())
+
+
 def _read_json(path: str) -> Any:
     if is_url(path):
         return json.loads(read_url(path))
@@ -198,16 +216,12 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.max_samples = max_samples(audio.target_length, *window_hop(audio.sample_rate))
         self.crop = audio.crop if train else "start"
         self.label_weight: dict[str, float] | None = None
+        self.label_hist: Counter | None = None
+        self.expected_draws: float | None = None  # clips one pass emits once balanced (see balance_over)
         if balanced:
-            # AudioSet-style class balance by weighting: a clip weighs the sum over its labels of 1 / (count + eps)
-            # (the weights of the map-style sampler); each clip is emitted r = weight / mean weight times on
-            # average (floor(r) copies plus one more with probability r - floor(r)), so one pass over the shards
-            # draws clips in proportion to their weights, as sampling with replacement would.
-            hist, clips = label_histogram(self.urls)
-            eps = 0.01
-            weights = {mid: 1.0 / (n + eps) for mid, n in hist.items()}
-            mean = sum(n * weights[mid] for mid, n in hist.items()) / max(clips, 1)
-            self.label_weight = {mid: w / mean for mid, w in weights.items()}
+            self.label_hist, clips = label_histogram(self.urls)
+            self.hist_clips = clips
+            balance_over([self])
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch: shard order, shuffle buffer and crops all depend on it."""

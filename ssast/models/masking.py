@@ -27,6 +27,13 @@ How this differs from the authors' sampler; the distributions are not identical:
 time (frame grids, f_rows = 1) are chosen to stay VISIBLE and everything else is masked, so that at a high mask
 ratio what the encoder sees is still a few contiguous regions rather than scattered tokens. It is the complement of
 :func:`cluster_mask` with ``N - num_mask`` tokens, so it inherits that sampler's placement and exact count.
+
+:func:`cluster_mask` with ``sampler="authors"`` (``model.mask_sampler: authors``) reproduces the authors' sampler
+with its quirks, for comparison: a square is anchored at its top-left token ``s`` and covers ``s + t_cols * i + j`` for i, j < c in flat
+index arithmetic (so it wraps from the end of one row into the next and is cut at the last token); token 0 is never
+taken; squares are added until MORE than ``num_mask`` tokens are covered, and the trim keeps the ``num_mask`` lowest
+indices (``list(set(ids))[:num_mask]`` on small ints), so the highest covered token, the last token included, is
+always dropped.
 """
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ from torch import Tensor
 __all__ = ["num_masked", "random_mask", "cluster_mask", "inverse_block_mask", "sample_mask", "cluster_square_budget",
            "MASK_MODES"]
 
-MASK_MODES = ("cluster", "random", "inverse_block")
+MASK_MODES = ("cluster", "authors_cluster", "random", "inverse_block")
 
 _CHUNK = 64  # squares scored per round: bounds memory to batch * 64 * N booleans
 
@@ -119,10 +126,14 @@ def cluster_mask(
     cluster_sizes: Sequence[int] = (3, 4, 5),
     generator: Optional[torch.Generator] = None,
     device: Optional[torch.device | str] = None,
+    sampler: str = "ours",
 ) -> Tensor:
-    """(B, f_rows * t_cols) mask made of c x c squares of neighbouring tokens, exactly ``num_mask`` per clip."""
+    """(B, f_rows * t_cols) mask made of c x c squares of neighbouring tokens, exactly ``num_mask`` per clip;
+    ``sampler="authors"`` places them as the authors' sampler does (see the module docstring)."""
     n = f_rows * t_cols
     _check(n, num_mask)
+    if sampler == "authors" and num_mask > n - 2:  # their loop needs num_mask + 1 coverable tokens, token 0 is never
+        raise ValueError(f"the authors' sampler cannot mask {num_mask} of {n} tokens: at most {n - 2}")
     sizes = [int(c) for c in cluster_sizes]
     if not sizes or min(sizes) < 1:
         raise ValueError(f"cluster_sizes must be positive square sides, got {list(cluster_sizes)}")
@@ -134,6 +145,9 @@ def cluster_mask(
     side = torch.zeros(batch, 1, dtype=torch.long, device=dev)
     for i, c in enumerate(sizes):
         side = side + (choice == i).long() * c
+    if sampler == "authors":
+        # anchored squares cover border tokens less often than centred ones: twice the budget as a margin
+        return _authors_squares(side, max(sizes), f_rows, t_cols, num_mask, 2 * num_squares, generator)
 
     rows = torch.arange(f_rows, device=dev)
     cols = torch.arange(t_cols, device=dev)
@@ -175,6 +189,30 @@ def inverse_block_mask(
     return ~cluster_mask(batch, f_rows, t_cols, n - num_mask, block_sizes, generator, device)
 
 
+def _authors_squares(side: Tensor, c_max: int, f_rows: int, t_cols: int, num_mask: int, num_squares: int,
+                     generator: Optional[torch.Generator]) -> Tensor:
+    """The authors' placement, vectorised: ``num_squares`` anchors are drawn, each token is scored by the first
+    anchor whose square covers it; the authors stop after the first square that brings the union above ``num_mask``
+    (the (num_mask+1)-th smallest score) and keep the lowest ``num_mask`` indices of that union (a cumulative sum).
+    If the budget falls short (not seen at 400 of 512), the union is the covered tokens plus the lowest uncovered."""
+    batch, n, dev = side.shape[0], f_rows * t_cols, side.device
+    # Each anchor's square as flat offsets t_cols * i + j (i, j < largest side); cells outside this clip's side, or
+    # past the last token, go to a spare column n that is dropped. One scatter of "first square" per covered token.
+    row, col = (g.reshape(-1) for g in torch.meshgrid(torch.arange(c_max, device=dev),
+                                                      torch.arange(c_max, device=dev), indexing="ij"))
+    anchor = torch.randint(n, (batch, num_squares, 1), generator=generator, device=dev)
+    cells = anchor + t_cols * row + col  # (B, S, c_max^2)
+    keep = ((row < side) & (col < side)).unsqueeze(1) & (cells < n)
+    cells = torch.where(keep, cells, n).reshape(batch, -1)
+    order = torch.arange(num_squares, device=dev).view(1, -1, 1).expand(batch, -1, c_max * c_max).reshape(batch, -1)
+    first_cover = torch.full((batch, n + 1), num_squares, dtype=torch.long, device=dev)
+    first_cover = first_cover.scatter_reduce(1, cells, order, reduce="amin")[:, :n]
+    first_cover[:, 0] = num_squares + 1  # their `mask_cand > 0`
+    last = first_cover.sort(dim=1).values[:, num_mask : num_mask + 1]  # the square that passes num_mask
+    union = first_cover <= last
+    return union & (union.long().cumsum(dim=1) <= num_mask)
+
+
 def sample_mask(
     mode: str,
     batch: int,
@@ -184,9 +222,12 @@ def sample_mask(
     generator: Optional[torch.Generator] = None,
     device: Optional[torch.device | str] = None,
 ) -> Tensor:
-    """Dispatch on ``mode`` over a (f_rows, t_cols) grid: "cluster" squares masked, "random" tokens, or
-    "inverse_block" squares/spans kept visible; ``cluster_sizes`` are the square sides of the two block modes."""
+    """Dispatch on ``mode`` over a (f_rows, t_cols) grid: "cluster" squares masked, the authors' cluster sampler
+    ("authors_cluster"), "random" tokens, or "inverse_block" squares/spans kept visible; ``cluster_sizes`` are the
+    square sides of the block modes."""
     f_rows, t_cols = grid
+    if mode == "authors_cluster":
+        return cluster_mask(batch, f_rows, t_cols, num_mask, cluster_sizes, generator, device, sampler="authors")
     if mode == "cluster":
         return cluster_mask(batch, f_rows, t_cols, num_mask, cluster_sizes, generator, device)
     if mode == "random":

@@ -129,6 +129,8 @@ class SSASTPretrainModel(nn.Module):
         self.patch_dim = cfg.fshape * cfg.tshape
         self.num_mask = num_masked(cfg.mask_patch, self.encoder.num_patches)
         self.mask_mode = cfg.mask_mode if cfg.mask_mode != "auto" else ("random" if cfg.is_frame else "cluster")
+        if self.mask_mode == "cluster" and cfg.mask_sampler == "authors":
+            self.mask_mode = "authors_cluster"
         head_dim = cfg.dim
         if cfg.pretrain_encoder == "visible":
             dec_dim = cfg.decoder_dim or cfg.dim

@@ -20,7 +20,7 @@ from ssast.config import ConfigError
 
 # Everything a run writes directly in its folder (the engine, the tasks, the logger); ".lock" is handled apart.
 RUN_ENTRIES = ("config.yaml", "checkpoints", "last", "best", "final", "tb", "log.txt", "metrics.json",
-               "per_class_ap.csv", "preempted.json")
+               "per_class_ap.csv", "preempted.json", "ensemble")
 WAYS_ON = "continue it with --resume {d}, choose another train.run_dir, or replace it with --overwrite"
 
 

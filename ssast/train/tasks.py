@@ -168,6 +168,9 @@ class FinetuneTask:
         self.wa_state, self.wa_count = None, 0  # running mean of the weights over the averaging epochs
         self.epochs = cfg.train.epochs  # raised by length() to reach train.min_steps
         self.notes: list[str] = []  # said when training starts
+        self.ensemble = None  # train.epoch_ensemble: the running mean of the epochs' predictions (rank 0)
+        self.ensemble_metrics: dict = {}  # its latest figures, also reported with the final metrics
+        self.predictions = None  # (probabilities, targets, keys) of the latest evaluation, for the ensemble
 
     def build_model(self, from_checkpoint: bool = False) -> tuple[nn.Module, str]:
         from ssast.models.factory import build_classifier
@@ -208,7 +211,8 @@ class FinetuneTask:
         return loss, {}
 
     def evaluate(self, model, batches, rt: Runtime, feature_fn) -> dict:
-        scores, targets, _ = predict_scores(model, batches, rt.autocast, feature_fn, sigmoid=self.bce)
+        scores, targets, keys = predict_scores(model, batches, rt.autocast, feature_fn, sigmoid=self.bce)
+        self.predictions = (scores, targets, keys)
         return classification_metrics(scores, targets, self.cfg.data.multilabel)
 
     # -- hooks ---------------------------------------------------------------------------------------------------
@@ -241,7 +245,32 @@ class FinetuneTask:
             if value > tr.best:
                 tr.best = value
                 tr.save_model("best", tr.ema.module if tr.ema else None)
+        if train.epoch_ensemble:
+            self.add_to_ensemble(tr)
         tr.save()
+
+    def add_to_ensemble(self, tr) -> None:
+        """The epoch's predictions on the validation list (the test list when there is none, as the authors evaluate
+        AudioSet's eval set every epoch) join the running ensemble; its figures go to TensorBoard and the history."""
+        from ssast.train.checkpoints import step_dir
+        from ssast.train.epoch_ensemble import EpochEnsemble
+
+        split, loader = ("valid", tr.valid_loader) if tr.valid_loader is not None else ("test", tr.test_loader)
+        if loader is None:
+            raise ConfigError("train.epoch_ensemble needs data.valid or data.test to predict on every epoch")
+        if split == "test":
+            tr.eval_and_record("test", loader)
+        if not tr.rt.is_main:
+            return
+        if self.ensemble is None:
+            self.ensemble = EpochEnsemble(tr.run_dir, self.cfg.data.multilabel)
+        checkpoint = str(step_dir(tr.run_dir, tr.step).relative_to(tr.run_dir))  # tr.save() writes it next
+        self.ensemble_metrics = self.ensemble.add(tr.epoch, *self.predictions, split=split, checkpoint=checkpoint)
+        tr.board.scalars(split, self.ensemble_metrics, tr.step)
+        tr.history.append({"step": tr.step, "epoch": tr.epoch, "split": f"{split}_ensemble", **self.ensemble_metrics})
+        tr.progress.message(f"{split} ensemble of {self.ensemble.count} epochs: " + " ".join(
+            f"{k.removeprefix('ensemble_')} {v:.4f}" for k, v in self.ensemble_metrics.items()
+            if k != "ensemble_epochs"))
 
     def final_model(self, tr) -> nn.Module:
         if self.wa_state is None:
@@ -253,6 +282,7 @@ class FinetuneTask:
         return model
 
     def finish(self, tr, metrics: dict) -> None:
+        metrics.update(self.ensemble_metrics)  # the last epoch's running ensemble beside the final model's figures
         per_class = metrics.pop("per_class_ap", None)
         if per_class is not None and self.labels is not None:
             write_per_class_ap(tr.run_dir / "per_class_ap.csv", self.labels, per_class)
