@@ -214,7 +214,7 @@ def cmd_import(args) -> int:
         if given:
             raise ConfigError(f"{', '.join(given)}: {args.source} is a transformers AST folder, whose config.json "
                               "sets the model (cls pooling, strides, input length); drop them")
-        meta = import_hf(args.source, args.out, norm=norm)
+        meta = import_hf(args.source, args.out, norm=norm, overwrite=args.overwrite)
     else:
         from ssast.models.factory import import_authors_checkpoint
 

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import safetensors.torch
 import torch
@@ -31,16 +31,6 @@ from ssast.models.weightfiles import CheckpointError
 
 ONNX_INSTEAD = "export it with --format onnx instead, which takes every classifier"
 ENCODER_ONNX_INSTEAD = "export its encoder with --format onnx --output embeddings instead, which takes every checkpoint"
-
-
-def writable_target(out: str | Path, holds: Callable[[Path], bool], kind: str) -> Path:
-    """``out`` as a path to write a folder of ``kind`` to: new, empty, or an earlier such folder (which it replaces).
-
-    Anything else is refused, so that a mistyped output path never replaces a folder of other files."""
-    target = Path(out)
-    if target.exists() and not (target.is_dir() and (holds(target) or not any(target.iterdir()))):
-        raise CheckpointError(f"{target}: exists and is not {kind}, so it is not replaced; choose a new output path")
-    return target
 
 
 def _exported_from(folder: Path) -> str | None:
@@ -171,15 +161,20 @@ def _audio_settings(src: Path, cfg: dict, features: Optional[dict],
     return audio, notes
 
 
-def import_hf(src: str | Path, out: str | Path, *, norm: Optional[tuple[float, float]] = None) -> CheckpointMeta:
+def import_hf(src: str | Path, out: str | Path, *, norm: Optional[tuple[float, float]] = None,
+              overwrite: bool = False) -> CheckpointMeta:
     """Convert a transformers ``ASTForAudioClassification`` folder into our classifier checkpoint ``out``.
 
     The model pools (cls + dist) / 2 as transformers' does; labels come from ``id2label``, the feature settings from
     ``preprocessor_config.json`` (without one: AST's AudioSet settings, or ``norm`` = (mean, std); a note says so on
-    stderr). Returns the written checkpoint's metadata.
+    stderr). An existing ``out`` is replaced only if it is empty or an earlier import of the same source (of another
+    one with ``overwrite``). Returns the written checkpoint's metadata.
     """
+    from ssast.models.checkpoint import imported_here
+
     src = Path(src)
-    target = writable_target(out, lambda p: (p / META).is_file(), "an ssast checkpoint")
+    target = replaceable(out, holds=lambda p: (p / META).is_file(), kind="an ssast checkpoint",
+                         same=lambda p: imported_here(p, src), overwrite=overwrite)
     cfg, features, model_cfg, state, has_head = load_hf_folder(src)
     if not has_head:
         raise CheckpointError(
