@@ -302,3 +302,35 @@ def test_unreadable_clips_are_left_out_and_reported(bands, tmp_path, capsys):
     assert "data.train: skipped 1 of 31 clips: 1 corrupt" in err and "probed on the rest" in err, err
     result = json.loads((tmp_path / "out" / "probe.json").read_text())
     assert result["num_clips"]["train"] == 30 and len(result["skipped_clips"]) == 1
+
+
+def test_probe_time_is_not_training_time(bands, tmp_path, monkeypatch):
+    """The study of pretraining cost reads the probe's ``train_s``: the training seconds at that step. A clock that
+    moves 1 s per reading and 1000 s inside each probe shows that probes never count (nor in time_s)."""
+    import itertools
+    import types
+
+    import ssast.train.engine
+
+    root, data = bands
+    ticks = itertools.count()
+    extra = [0.0]
+    clock = types.SimpleNamespace(time=lambda: next(ticks) + extra[0])
+    monkeypatch.setattr(ssast.train.engine, "time", clock)
+
+    class SlowProbe(TrainingProbe):
+        def record(self, *args):
+            got = super().record(*args)
+            extra[0] += 1000.0
+            return got
+
+    lists = [d.replace("data.train", "data.probe_train").replace("data.test", "data.probe_test") for d in data]
+    res = train(load_config(None, ["task=pretrain", *TINY, "model.mask_patch=0.5", "train.steps=6",
+                                   "train.image_every=0", "train.log_every=3", f"data.train=[{root / 'train.json'}]",
+                                   *lists, "train.probe_every=2", f"train.run_dir={tmp_path / 'run'}"]),
+                probe=SlowProbe)
+    probes = [h for h in res["history"] if h["split"] == "probe"]
+    assert [h["step"] for h in probes] == [2, 4, 6]
+    seconds = [h["train_s"] for h in probes]
+    # (the fake clock moves at every reading: the last probe reads it once after the last log)
+    assert 0 < seconds[0] < seconds[1] < seconds[2] <= res["time_s"] + 1 < 1000, (seconds, res["time_s"])

@@ -141,6 +141,7 @@ class Trainer:
         self.best = -math.inf
         self.history: list[dict] = []
         self.elapsed = 0.0
+        self.train_seconds = 0.0  # training time at the current step (elapsed, not yet logged part included)
         self._restored_rng = None
         self.saved_step = -1  # the step of the last save() call, the same on every rank
         if self.resume_from:
@@ -341,17 +342,23 @@ class Trainer:
                     self.progress.update(self.step, {k: values[k] for k in values if k != "memory_mb"})
                     sums, count, window_clips, window_start = {}, 0, 0, now
                     window_bad, window_streak = zero.clone(), zero.clone()
+                # evaluations, probes and checkpoints are not training time: samples/s and elapsed leave them out
+                paused = time.time()
+                self.train_seconds = self.elapsed + (paused - window_start)
                 self.task.after_step(self, extras, bad)
                 if self.step % cfg.train.ckpt_every == 0 and self.step < self.total_steps:
                     self.save()
+                window_start += time.time() - paused
                 stop = self.stopper.poll()  # every rank gets the same answer at the same step
                 if stop:
                     stop_for_signal(self, stop)
                 if not self.by_epochs and self.step >= self.total_steps:
                     break
             else:
-                # the epoch ran out
+                # the epoch ran out (its evaluations are not training time)
+                paused = time.time()
                 self._end_epoch()
+                window_start += time.time() - paused
                 continue
             if self.batches_per_epoch and self.batch_in_epoch >= self.batches_per_epoch:
                 self._end_epoch()
@@ -375,6 +382,7 @@ class Trainer:
             self.board.scalars(split, scalar, self.step)
             skipped = self._skip_note(split, loader)
             self.history.append({"step": self.step, "epoch": self.epoch, "split": split, **scalar,
+                                 "train_s": round(self.train_seconds, 2),
                                  **({"skipped_clips": skipped} if skipped else {})})
             self.progress.message(f"{split} @ step {self.step} (epoch {self.epoch}): "
                                   + " ".join(f"{k} {v:.4f}" for k, v in scalar.items()))

@@ -114,7 +114,8 @@ class PretrainTask:
             model = tr.ema.module if tr.ema else tr.model
             scalars, extras = self.prober.record(model.encoder, tr.feature_fn, tr.rt)
             tr.board.scalars("probe", scalars, tr.step)
-            tr.history.append({"step": tr.step, "epoch": tr.epoch, "split": "probe", **scalars, **extras})
+            tr.history.append({"step": tr.step, "epoch": tr.epoch, "split": "probe", **scalars, **extras,
+                               "train_s": round(tr.train_seconds, 2)})
             tr.progress.message(f"probe @ step {tr.step}: " + " ".join(
                 f"{k} {v:.4g}" for k, v in scalars.items()))
         if tr.rt.distributed:
