@@ -157,6 +157,7 @@ def test_model_config_scales_the_mask_and_picks_the_path():
     (["no-such-row", "--device", "cpu"], "unknown row"),
     (["--size", "custom", "--dim", "64", "--device", "cpu"], "--size custom needs"),
     (["--dim", "100", "--heads", "3", "--device", "cpu"], "not divisible"),
+    (["pretrain-visible", "--masks-per-clip", "0", "--device", "cpu"], "K must be at least 1"),
 ])
 def test_bad_requests_name_the_problem(argv, message, capsys):
     assert bench.main(argv) == 2
@@ -230,3 +231,24 @@ def test_grad_checkpointing_rows_are_planned_for_the_training_rows_only():
               "tdim": 1024, "precision": "fp32", "compile": False, "clips_per_s": 1.0, "median_ms": 1.0, "min_ms": 1.0,
               "peak_mb": 1.0, "flops_per_clip": None}
     assert "finetune-step + grad checkpointing" in bench.markdown_table([record])
+
+
+def test_masks_per_clip_rows_count_loader_clips_and_k_times_the_work():
+    """The visible row with K: a row per K (the authors' row keeps one mask per pass); clips/s counts the loader's
+    clips, masked copies/s K times that, and a step's FLOPs per clip grow about K-fold (encoder, decoder, losses)."""
+    from speed import record
+
+    args = bench.build_parser().parse_args(["pretrain-authors", "pretrain-visible", "--device", "cpu", "--tokens",
+                                            "patch", "--precision", "fp32", "--masks-per-clip", "1", "8"])
+    assert [(s.row, s.masks_per_clip) for s in bench.plan(args)] == [
+        ("pretrain-authors", 1), ("pretrain-visible", 1), ("pretrain-visible", 8)]
+    assert rows.model_config(bench.Spec(row="pretrain-visible", masks_per_clip=8, size="tiny")).masks_per_clip == 8
+    assert rows.model_config(bench.Spec(row="pretrain-authors", masks_per_clip=8, size="tiny")).masks_per_clip == 1
+    got = {k: record.run_spec(bench.Spec(row="pretrain-visible", size="tiny", tdim=128, batch=2, repeats=1, warmup=0,
+                                         masks_per_clip=k)) for k in (1, 2)}
+    assert got[2]["masks_per_clip"] == 2 and got[1]["masks_per_clip"] == 1
+    assert got[2]["masked_copies_per_s"] == pytest.approx(2 * got[2]["clips_per_s"])
+    assert got[1]["batch"] == got[2]["batch"] == 2 and got[1]["encoder_tokens"] == got[2]["encoder_tokens"]
+    assert 1.8 < got[2]["flops_per_clip"] / got[1]["flops_per_clip"] < 2.2
+    assert 1.8 < got[2]["decoder_flops_per_clip"] / got[1]["decoder_flops_per_clip"] < 2.2
+    assert "pretrain-visible K=2" in bench.markdown_table([got[2]]) and " K=" not in bench.markdown_table([got[1]])

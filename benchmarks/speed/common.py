@@ -28,6 +28,7 @@ ROWS = (
     "loop",
 )
 PRETRAIN_ROWS = ROWS[:3]
+MULTI_MASK_ROWS = ROWS[1:3]  # model.masks_per_clip applies; the authors' row keeps their one mask per pass
 ONNX_ROWS = ("inference-onnx", "inference-onnx-waveform")  # ONNX Runtime on the CPU, fp32 only
 TRAINING_ROWS = PRETRAIN_ROWS + ("finetune-step",)  # the rows with a backward pass
 TOKEN_SHAPES = {"patch": (16, 16), "frame": (128, 2)}
@@ -72,6 +73,7 @@ class Spec:
     loop_steps: int = 60
     threads: int = 0  # 0: torch's default
     grad_checkpointing: bool = False  # the encoder blocks recompute their activations in the backward pass
+    masks_per_clip: int = 1  # K masked copies of every clip per step (one-pass and visible rows; see model config)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import torch
 
-from speed.common import ONNX_ROWS, PRETRAIN_ROWS, ROWS, TRAINING_ROWS, BenchmarkError, Spec
+from speed.common import MULTI_MASK_ROWS, ONNX_ROWS, PRETRAIN_ROWS, ROWS, TRAINING_ROWS, BenchmarkError, Spec
 
 
 def default_precisions(device: torch.device) -> list[str]:
@@ -34,6 +34,8 @@ def plan(args: argparse.Namespace) -> list[Spec]:
             raise BenchmarkError(f"--dim {dim or d} is not divisible by --heads {heads or h}")
     elif dim % heads:
         raise BenchmarkError(f"--dim {dim} is not divisible by --heads {heads}")
+    if any(k < 1 for k in args.masks_per_clip):
+        raise BenchmarkError(f"--masks-per-clip {min(args.masks_per_clip)}: K must be at least 1")
     tdim = args.tdim or (128 if quick else 1024)
     if tdim < 16:
         raise BenchmarkError(f"--tdim {tdim}: needs at least 16 frames (one 16x16 patch)")
@@ -75,7 +77,9 @@ def plan(args: argparse.Namespace) -> list[Spec]:
         for t in row_tokens:
             for p in row_precisions:
                 for ckpt in checkpointing if row in TRAINING_ROWS else [False]:
-                    specs.append(replace(base, row=row, tokens=t, precision=p, grad_checkpointing=ckpt))
+                    for k in args.masks_per_clip if row in MULTI_MASK_ROWS else [1]:
+                        specs.append(replace(base, row=row, tokens=t, precision=p, grad_checkpointing=ckpt,
+                                             masks_per_clip=k))
     return specs
 
 
@@ -107,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "pretrain-authors is always fp32")
     p.add_argument("--grad-checkpointing", choices=["off", "on", "both"], default="off",
                    help="activation checkpointing of the encoder blocks in the training rows (both: a row each)")
+    p.add_argument("--masks-per-clip", nargs="+", type=int, default=[1], metavar="K",
+                   help="model.masks_per_clip of the one-pass and visible rows, a row per K (default 1); clips/s "
+                   "counts loader clips, masked copies/s is K times that")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile (not the authors' row)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeats", type=int, help="timed iterations per row; the median is reported (default 5)")

@@ -15,7 +15,7 @@ import torch
 
 from ssast.train.runtime import rss_peak_mb
 from speed.common import (
-    ONNX_ROWS, RESULT_MARK, ROOT, TRAINING_ROWS, BenchmarkError, device_name, script_command, Spec,
+    MULTI_MASK_ROWS, ONNX_ROWS, RESULT_MARK, ROOT, TRAINING_ROWS, BenchmarkError, device_name, script_command, Spec,
 )
 from speed.loop import measure_loop
 from speed.rows import clips_per_call, effective_precision, measure_step
@@ -66,7 +66,9 @@ def run_spec(spec: Spec) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "clips_per_s": n / median,
+        "clips_per_s": n / median,  # loader clips: with K masks per clip the objectives see K x as many copies
+        "masks_per_clip": spec.masks_per_clip if spec.row in MULTI_MASK_ROWS else 1,
+        "masked_copies_per_s": n / median * (spec.masks_per_clip if spec.row in MULTI_MASK_ROWS else 1),
         "median_ms": 1000 * median,
         "min_ms": 1000 * min(m.times),
         "repeats": len(m.times) if spec.row != "loop" else m.extra.get("loop_steps_timed"),

@@ -45,6 +45,7 @@ def markdown_table(records: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         name = r["name"] + (f" {r['label']}" if r.get("label") else "") + (
+            f" K={r['masks_per_clip']}" if r.get("masks_per_clip", 1) > 1 else "") + (
             " + grad checkpointing" if r.get("grad_checkpointing") else "")
         size, tdim = (r["size"], str(r["tdim"])) if r["name"] != "fbank" else ("-", "10 s")  # fbank: model-free
         if r.get("error"):

@@ -18,7 +18,7 @@ import torch
 from ssast.train.runtime import peak_memory_mb
 from ssast.evaluate.utilization import count_flops
 from speed.common import (
-    FBANK_FFT, FBANK_SECONDS, FINETUNE_STRIDE, MASK_FRACTION, MEL_BINS, NUM_CLASSES, ROOT, TOKEN_SHAPES,
+    FBANK_FFT, FBANK_SECONDS, FINETUNE_STRIDE, MASK_FRACTION, MEL_BINS, MULTI_MASK_ROWS, NUM_CLASSES, ROOT, TOKEN_SHAPES,
     BenchmarkError, Measurement, script_command, Spec, time_calls,
 )
 
@@ -37,7 +37,8 @@ def model_config(spec: Spec, *, finetune: bool = False):
     f_rows, t_cols = grid_shape(MEL_BINS, spec.tdim, fshape, tshape, fshape, tshape)
     num_mask = max(1, round(MASK_FRACTION * f_rows * t_cols))  # 400 of 512 at 1024 frames, scaled with tdim
     kw.update(mask_patch=num_mask, two_pass=spec.row == "pretrain-authors",
-              pretrain_encoder="visible" if spec.row == "pretrain-visible" else "all")
+              pretrain_encoder="visible" if spec.row == "pretrain-visible" else "all",
+              masks_per_clip=spec.masks_per_clip if spec.row in MULTI_MASK_ROWS else 1)
     return ModelConfig(**kw)
 
 
@@ -94,9 +95,10 @@ def decoder_cost(model, spec: Spec, rt, device: torch.device) -> dict:
     from ssast.models.pretrain import split_indices
 
     enc = model.encoder
-    mask = model.sample_mask(spec.batch, generator=torch.Generator().manual_seed(3)).to(device)
+    copies = spec.batch * model.cfg.masks_per_clip  # the decoder fills in every masked copy
+    mask = model.sample_mask(copies, generator=torch.Generator().manual_seed(3)).to(device)
     visible_idx, _ = split_indices(mask, model.num_mask)
-    h = torch.randn(spec.batch, enc.num_prefix + visible_idx.shape[1], enc.dim, device=device, requires_grad=True)
+    h = torch.randn(copies, enc.num_prefix + visible_idx.shape[1], enc.dim, device=device, requires_grad=True)
 
     def run() -> None:
         with rt.autocast():
