@@ -1,0 +1,318 @@
+"""Quality against pretraining time: which pretraining option makes a useful encoder soonest on this machine?
+
+For every task (the three synthetic ones and the spoken words of ``speech_words.py``, each with its unlabelled
+pool and held-out test clips), token shape (tiny patch or frame) and option below, a tiny encoder of the demo's
+shape (96 dims, 4 layers, 128 frames) is pretrained for a budget of seconds with the demo's pretraining config, and
+its frozen encoder is probed (``TrainingProbe``: linear, every layer, best layer and last) on 4 labelled clips per
+class at evenly spaced points of the run. The x axis is training seconds as the engine counts them (probes and
+checkpoints left out). The floor is a random encoder of the same shape and seed, probed the same way. With
+``--finetune`` the final encoder and scratch are also fine-tuned on the same 4 clips per class with the few-label
+recipe (``configs/finetune/custom_template.yaml`` at the demo's scale).
+
+Options (``OPTIONS``): the one-pass SSAST path (all tokens, the demo's mask of half the tokens, cluster masks for
+patches), and the visible-token path with K masks per clip, cluster or inverse-block masks, and mask ratios.
+
+A run's step count is set from the option's seconds per step, measured once per (shape, option) by a short run and
+kept in the results file, so that every option gets about the same seconds; the seconds actually spent are recorded.
+Rows are appended as they come (an interrupted study resumes), to ``benchmarks/results/pretrain_cost.json``.
+
+    python benchmarks/pretrain_cost.py --work runs/cost --tasks speech --shapes patch --seeds 0      # a screen
+    python benchmarks/pretrain_cost.py --work runs/cost --options one-pass visible-k8 --finetune     # 3 seeds
+    python benchmarks/pretrain_cost.py --report                                                      # table + plot
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from label_efficiency import CANDIDATES, ROOT, TASKS, _config, corpus_for, labelled, run_finetune  # noqa: E402
+
+from ssast.demo.run import PRETRAIN_SHAPES, finetune_shape  # noqa: E402
+
+PER_CLASS = 4
+VISIBLE = ["model.pretrain_encoder=visible"]
+
+
+def _visible(k: int, ratio: float = 0.75, mode: str = "auto") -> list[str]:
+    return VISIBLE + [f"model.masks_per_clip={k}", f"model.mask_patch={ratio}", f"model.mask_mode={mode}"]
+
+
+OPTIONS = {  # name -> pretraining overrides on top of the demo's config (configs/demo/pretrain.yaml)
+    "one-pass": [],  # all tokens through the encoder, half of them masked, one mask per clip
+    "visible-k1": _visible(1),
+    "visible-k4": _visible(4),
+    "visible-k8": _visible(8),
+    "visible-k16": _visible(16),
+    "visible-k8-inverse": _visible(8, mode="inverse_block"),
+    "visible-k8-r0.6": _visible(8, 0.6),
+    "visible-k8-r0.9": _visible(8, 0.9),
+    "visible-k8-inverse-r0.9": _visible(8, 0.9, "inverse_block"),
+}
+SHAPES = {"patch": PRETRAIN_SHAPES["patch"], "frame": PRETRAIN_SHAPES["frame"]}
+
+
+def _cells(row: dict) -> tuple:
+    return tuple(row.get(k) for k in ("kind", "task", "shape", "option", "seed"))
+
+
+def pretrain_config(task_corpus, shape: str, option: str, seed: int, run: Path, steps: int, probe_every: int):
+    probe = [f"data.label_csv={task_corpus.labels}", f"data.probe_train=[{task_corpus.train_subset(PER_CLASS)}]",
+             f"data.probe_test=[{task_corpus.test}]", f"train.probe_every={probe_every}"] if probe_every else []
+    return _config("pretrain", SHAPES[shape] + OPTIONS[option] + probe + [
+        f"data.train=[{task_corpus.pool}]", f"train.steps={steps}", f"train.seed={seed}", f"train.run_dir={run}",
+        "train.progress=none", "train.image_every=0", f"train.ckpt_every={steps}",
+        f"train.log_every={probe_every or steps}", f"optim.warmup_steps={min(50, steps // 10)}"])
+
+
+def seconds_per_step(work: Path, results: Path, rows: list[dict], corpus, shape: str, option: str) -> float:
+    """The option's training seconds per step (measured once on 40 steps after 10 of warm-up, then reused)."""
+    from ssast.train.engine import train
+
+    for r in rows:
+        if r["kind"] == "calibration" and r["shape"] == shape and r["option"] == option:
+            return r["s_per_step"]
+    run = work / "calibration" / f"{shape}-{option}-{os.getpid()}"  # studies side by side calibrate apart
+    res = train(pretrain_config(corpus, shape, option, 0, run, 50, 0), overwrite=True)
+    # the history has no train rows; the elapsed of the whole run includes the first, slower steps: measure again
+    first = res["time_s"]
+    res = train(pretrain_config(corpus, shape, option, 0, run, 10, 0), overwrite=True)
+    s = (first - res["time_s"]) / 40
+    shutil.rmtree(run, ignore_errors=True)
+    add(results, {"kind": "calibration", "task": None, "shape": shape, "option": option, "seed": None,
+                     "s_per_step": round(s, 4)})
+    return s
+
+
+def random_floor(work: Path, corpus, task: str, shape: str, seed: int) -> dict:
+    """The probe of a random encoder of ``shape`` (train.seed ``seed``) on the same clips: the floor."""
+    from ssast.evaluate.probe import probe_checkpoint
+
+    cfg = _config("finetune", SHAPES[shape] + labelled(corpus, PER_CLASS) + [f"train.seed={seed}"])
+    got = probe_checkpoint("scratch", cfg, work / task / f"floor-{shape}-s{seed}")
+    return {"kind": "floor", "task": task, "shape": shape, "option": "random", "seed": seed,
+            "best": round(got["best"]["linear"], 4), "last": round(got["last"]["linear"], 4)}
+
+
+def pretrain_run(work: Path, corpus, task: str, shape: str, option: str, seed: int, seconds: float, points: int,
+                 s_per_step: float) -> dict:
+    from ssast.evaluate.probe import TrainingProbe
+    from ssast.train.engine import train
+
+    every = max(1, int(seconds / s_per_step / points))
+    steps = every * points
+    run = run_folder(work, task, shape, option, seed)
+    res = train(pretrain_config(corpus, shape, option, seed, run, steps, every), probe=TrainingProbe, overwrite=True)
+    curve = [{"step": h["step"], "train_s": h["train_s"], "best": round(h["best_layer_acc"], 4),
+              "best_layer": int(h["best_layer"]), "last": round(h["linear_acc"], 4)}
+             for h in res["history"] if h["split"] == "probe"]
+    k = int(next((o.split("=")[1] for o in OPTIONS[option] if o.startswith("model.masks_per_clip=")), 1))
+    row = {"kind": "run", "task": task, "shape": shape, "option": option, "seed": seed, "steps": steps,
+           "train_s": round(res["time_s"], 1), "loader_clips_per_step": 16, "masked_copies_per_step": 16 * k,
+           "curve": curve}
+    for entry in run.iterdir():  # the final encoder stays for a later --finetune, the rest goes
+        if entry.name != "final":
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    return row
+
+
+def run_folder(work: Path, task: str, shape: str, option: str, seed: int) -> Path:
+    return work / task / f"{shape}-{option}-s{seed}"
+
+
+def finetune_4(work: Path, corpus, task: str, shape: str, init: str, seed: int) -> float:
+    """Test accuracy after the few-label recipe on 4 clips per class from ``init`` (a checkpoint or scratch)."""
+    name = "patch" if shape == "patch" else "frame"
+    got = run_finetune(work / task / f"ft-{shape}-s{seed}", finetune_shape(name) + CANDIDATES["template"]()
+                       + labelled(corpus, PER_CLASS) + [f"model.init={init}", f"train.seed={seed}"])
+    return got["accuracy"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def _mean_curve(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds of the best-layer probe at each probe point, against the mean training seconds there."""
+    n = min(len(r["curve"]) for r in runs)
+    t = np.mean([[p["train_s"] for p in r["curve"][:n]] for r in runs], 0)
+    a = np.mean([[p["best"] for p in r["curve"][:n]] for r in runs], 0)
+    return t, a
+
+
+def _first_time(t: np.ndarray, a: np.ndarray, target: float) -> float | None:
+    hit = np.flatnonzero(a >= target)
+    return float(t[hit[0]]) if len(hit) else None
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """One line per (task, shape, option): final probe (best layer, last layer), the floor, time to beat the floor by
+    10 points and to reach the one-pass path's final probe (both on the mean curve over seeds), fine-tuning at 4."""
+    floors: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["kind"] == "floor":
+            floors.setdefault((r["task"], r["shape"]), []).append(r["best"])
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["kind"] == "run":
+            groups.setdefault((r["task"], r["shape"], r["option"]), []).append(r)
+    scratch: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["kind"] == "scratch":
+            scratch.setdefault((r["task"], r["shape"]), []).append(r["finetune"])
+    out = []
+    for (task, shape, option), runs in groups.items():
+        t, a = _mean_curve(runs)
+        floor = float(np.mean(floors.get((task, shape), [np.nan])))
+        one = groups.get((task, shape, "one-pass"))
+        one_final = float(_mean_curve(one)[1][-1]) if one else None
+        one_time = float(_mean_curve(one)[0][-1]) if one else None
+        ft = [r["finetune"] for r in runs if "finetune" in r]
+        out.append({
+            "task": task, "shape": shape, "option": option, "seeds": len(runs), "train_s": round(float(t[-1]), 1),
+            "probe_best": round(float(a[-1]), 4), "probe_last": round(float(np.mean([r["curve"][-1]["last"]
+                                                                                     for r in runs])), 4),
+            "floor": round(floor, 4), "beats_floor_by": round(float(a[-1]) - floor, 4),
+            "s_to_floor_plus_10": _first_time(t, a, floor + 0.10),
+            "s_to_one_pass_final": _first_time(t, a, one_final) if one_final is not None else None,
+            "one_pass_s": one_time,
+            "finetune_4": round(float(np.mean(ft)), 4) if ft else None, "finetune_seeds": len(ft),
+            "scratch_4": round(float(np.mean(scratch[(task, shape)])), 4) if (task, shape) in scratch else None,
+            "loader_clips_per_step": runs[0]["loader_clips_per_step"],
+            "masked_copies_per_step": runs[0]["masked_copies_per_step"],
+        })
+    return out
+
+
+def table(lines: list[dict]) -> str:
+    def pct(v):
+        return "" if v is None else f"{100 * v:.1f}"
+
+    def sec(v):
+        return "not reached" if v is None else f"{v:.0f}"
+
+    out = ["| task | shape | option | seeds | pretrain s | probe best | probe last | random | best - random | "
+           "s to random + 10 | s to one-pass final | fine-tune @4 | scratch @4 | clips/step (masked copies) |",
+           "|" + "---|" * 14]
+    for r in lines:
+        out.append(f"| {r['task']} | {r['shape']} | {r['option']} | {r['seeds']} | {r['train_s']:.0f} | "
+                   f"{pct(r['probe_best'])} | {pct(r['probe_last'])} | {pct(r['floor'])} | "
+                   f"{100 * r['beats_floor_by']:+.1f} | {sec(r['s_to_floor_plus_10'])} | "
+                   f"{sec(r['s_to_one_pass_final'])} | {pct(r['finetune_4'])} | {pct(r['scratch_4'])} | "
+                   f"{r['loader_clips_per_step']} ({r['masked_copies_per_step']}) |")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], png: Path) -> Path:
+    """Best-layer probe accuracy against training seconds, one panel per (task, shape), mean over seeds per option;
+    the random encoder's probe dashed, +10 points dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ssast.atomic import atomic_savefig
+
+    panels = sorted({(r["task"], r["shape"]) for r in rows if r["kind"] == "run"})
+    cols = min(4, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False)
+    for ax, (task, shape) in zip(axes.flat, panels):
+        for option in OPTIONS:
+            runs = [r for r in rows if r["kind"] == "run" and (r["task"], r["shape"], r["option"]) == (task, shape,
+                                                                                                       option)]
+            if runs:
+                t, a = _mean_curve(runs)
+                ax.plot(t, 100 * a, "o-", ms=3, label=f"{option} (n={len(runs)})")
+        floor = [r["best"] for r in rows if r["kind"] == "floor" and (r["task"], r["shape"]) == (task, shape)]
+        if floor:
+            ax.axhline(100 * np.mean(floor), color="k", ls="--", lw=1, label="random encoder")
+            ax.axhline(100 * np.mean(floor) + 10, color="k", ls=":", lw=1, label="random + 10")
+        ax.set_title(f"{task}, {shape} tokens", fontsize=9)
+        ax.set_xlabel("pretraining seconds (probes left out)")
+        ax.set_ylabel(f"probe accuracy %, {PER_CLASS}/class")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    atomic_savefig(fig, png, dpi=90)
+    plt.close(fig)
+    return png
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", default="runs/cost", help="corpora and run folders (runs are removed when done)")
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "pretrain_cost.json"))
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--seconds", type=float, default=120.0, help="pretraining budget per run (training seconds)")
+    ap.add_argument("--points", type=int, default=6, help="probes per run, evenly spaced")
+    ap.add_argument("--finetune", action="store_true",
+                    help="also fine-tune each final encoder (now or kept from an earlier call) and scratch at 4/class")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--report", action="store_true", help="only print the table and draw the plot")
+    args = ap.parse_args()
+    work, results = Path(args.work), Path(args.results)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    rows = load_rows(results)
+    if not args.report:
+        done = {_cells(r) for r in rows}
+        for task in args.tasks:
+            corpus = corpus_for(work, task)
+            for shape in args.shapes:
+                for seed in args.seeds:
+                    if ("floor", task, shape, "random", seed) not in done:
+                        rows = add(results, random_floor(work, corpus, task, shape, seed))
+                    if args.finetune and ("scratch", task, shape, "scratch", seed) not in done:
+                        rows = add(results, {"kind": "scratch", "task": task, "shape": shape, "option": "scratch",
+                                             "seed": seed, "finetune": finetune_4(work, corpus, task, shape,
+                                                                                  "scratch", seed)})
+                    for option in args.options:
+                        if ("run", task, shape, option, seed) not in done:
+                            s = seconds_per_step(work, results, rows, corpus, shape, option)
+                            rows = add(results, pretrain_run(work, corpus, task, shape, option, seed, args.seconds,
+                                                             args.points, s))
+                        row = next(r for r in rows if _cells(r) == ("run", task, shape, option, seed))
+                        final = run_folder(work, task, shape, option, seed) / "final"
+                        if args.finetune and "finetune" not in row and final.is_dir():
+                            rows = add(results, {**row, "finetune": finetune_4(work, corpus, task, shape,
+                                                                               str(final), seed)})
+    print(table(summary(rows)))
+    print(f"plot: {plot(rows, results.with_suffix('.png'))}")
+
+
+def load_rows(results: Path) -> list[dict]:
+    return json.loads(results.read_text()) if results.exists() else []
+
+
+def add(results: Path, row: dict) -> list[dict]:
+    """Append ``row`` (replacing a row of the same cell) and print it; the file is re-read under a lock and replaced
+    atomically, so that studies running side by side (one thread each) can share it."""
+    import fcntl
+
+    from ssast.atomic import atomic_write_text
+
+    print(json.dumps({k: v for k, v in row.items() if k != "curve"}
+                     | ({"curve": [p["best"] for p in row["curve"]]} if "curve" in row else {})), flush=True)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with open(results.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [r for r in load_rows(results) if _cells(r) != _cells(row)] + [row]
+        atomic_write_text(results, json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

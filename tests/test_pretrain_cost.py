@@ -1,0 +1,74 @@
+"""The pretraining-cost study: its options are the configurations they name, and its table reads the curves right."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import pretrain_cost as study  # noqa: E402
+
+
+class _Corpus:  # the lists a run's config names (never read here)
+    labels, pool, test = Path("l.csv"), Path("pool.json"), Path("test.json")
+
+    def train_subset(self, k):
+        return Path(f"train_{k}.json")
+
+
+@pytest.mark.parametrize("option, visible, k, mode, ratio", [
+    ("one-pass", "all", 1, "auto", 0.5),  # the demo's: all tokens, half masked
+    ("visible-k1", "visible", 1, "auto", 0.75),
+    ("visible-k16", "visible", 16, "auto", 0.75),
+    ("visible-k8-inverse", "visible", 8, "inverse_block", 0.75),
+    ("visible-k8-r0.9", "visible", 8, "auto", 0.9),
+])
+def test_options_are_the_configs_they_name(option, visible, k, mode, ratio, tmp_path):
+    cfg = study.pretrain_config(_Corpus(), "frame", option, 2, tmp_path / "run", 300, 60)
+    m = cfg.model
+    assert (m.pretrain_encoder, m.masks_per_clip, m.mask_mode, m.mask_patch) == (visible, k, mode, ratio)
+    assert (m.fshape, m.tshape, m.dim, m.depth) == (128, 2, 96, 4)  # the demo's tiny frame encoder
+    assert (cfg.train.steps, cfg.train.probe_every, cfg.train.seed) == (300, 60, 2)
+    assert cfg.data.probe_train == ["train_4.json"] and cfg.data.batch_size == 16
+    # the probes fall on logged steps, so their training seconds are exact
+    assert cfg.train.probe_every % cfg.train.log_every == 0
+
+
+def _run(task, option, seed, times, accs):
+    return {"kind": "run", "task": task, "shape": "frame", "option": option, "seed": seed, "steps": 100,
+            "train_s": times[-1], "loader_clips_per_step": 16, "masked_copies_per_step": 16,
+            "curve": [{"step": i, "train_s": t, "best": a, "best_layer": 1, "last": a - 0.01}
+                      for i, (t, a) in enumerate(zip(times, accs))]}
+
+
+def test_summary_times_are_read_off_the_mean_curve_over_seeds():
+    rows = [{"kind": "floor", "task": "speech", "shape": "frame", "option": "random", "seed": s, "best": b,
+             "last": b} for s, b in ((0, 0.30), (1, 0.34))]  # floor 0.32: the +10 line is 0.42
+    rows += [_run("speech", "one-pass", 0, [10, 20, 30], [0.30, 0.35, 0.40]),
+             _run("speech", "one-pass", 1, [12, 22, 32], [0.30, 0.37, 0.40]),  # mean final 0.40 at 31 s
+             _run("speech", "visible-k8", 0, [5, 10, 15], [0.38, 0.44, 0.50]),
+             _run("speech", "visible-k8", 1, [7, 12, 17], [0.40, 0.42, 0.48])]  # means 0.39, 0.43, 0.49
+    rows[-1]["finetune"] = 0.5
+    rows.append({"kind": "scratch", "task": "speech", "shape": "frame", "option": "scratch", "seed": 1,
+                 "finetune": 0.45})
+    got = {r["option"]: r for r in study.summary(rows)}
+    one, vis = got["one-pass"], got["visible-k8"]
+    assert one["floor"] == pytest.approx(0.32) and vis["probe_best"] == pytest.approx(0.49)
+    assert vis["beats_floor_by"] == pytest.approx(0.17)
+    assert vis["s_to_floor_plus_10"] == pytest.approx(11.0)  # the mean curve passes 0.42 at its 2nd point
+    assert vis["s_to_one_pass_final"] == pytest.approx(11.0) and one["one_pass_s"] == pytest.approx(31.0)
+    assert one["s_to_floor_plus_10"] is None  # never reached: the table says so
+    assert vis["finetune_4"] == 0.5 and vis["scratch_4"] == 0.45 and one["finetune_4"] is None
+    table = study.table(study.summary(rows))
+    assert "not reached" in table and "| speech | frame | visible-k8 | 2 |" in table
+
+
+def test_rows_are_replaced_per_cell_and_survive_as_json(tmp_path):
+    results = tmp_path / "r.json"
+    study.add(results, _run("speech", "one-pass", 0, [1], [0.1]))
+    study.add(results, _run("speech", "one-pass", 1, [1], [0.2]))
+    rows = study.add(results, {**_run("speech", "one-pass", 0, [1], [0.3]), "finetune": 0.4})
+    assert [(r["seed"], r["curve"][0]["best"], r.get("finetune")) for r in rows] == [(1, 0.2, None), (0, 0.3, 0.4)]
+    assert json.loads(results.read_text()) == rows
