@@ -188,6 +188,9 @@ class OptimConfig:
     min_lr: float = 0.0
     head_lr_mult: float = 1.0
     layer_decay: float = 1.0  # 1.0: off
+    # fine-tuning, probe then fine-tune (LP-FT, Kumar et al. 2022): for the first N optimiser steps only the head
+    # learns (the encoder's lr is 0), then the encoder's lr warms up again over optim.warmup_steps. 0: off
+    head_only_steps: int = 0
     grad_clip: float = 0.0  # 0: off
     accum_steps: int = 1
 
@@ -461,6 +464,7 @@ def _minimums(cfg: Config) -> list[tuple[str, float, float]]:
         ("data.batch_size", cfg.data.batch_size, 1),
         ("optim.accum_steps", o.accum_steps, 1),
         ("optim.warmup_steps", o.warmup_steps, 0),
+        ("optim.head_only_steps", o.head_only_steps, 0),
         ("optim.weight_decay", o.weight_decay, 0),
         ("optim.grad_clip", o.grad_clip, 0),
         ("train.log_every", t.log_every, 1),
@@ -588,6 +592,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.lr must be a positive number, got {cfg.optim.lr}", ["optim.lr"])
     if len(cfg.optim.betas) != 2:
         raise ConfigError("optim.betas needs two values", ["optim.betas"])
+    if cfg.task == "pretrain" and cfg.optim.head_only_steps:
+        raise ConfigError("optim.head_only_steps freezes the encoder under a classification head: fine-tuning only",
+                          ["optim.head_only_steps", "task"])
     if cfg.task == "finetune" and cfg.train.epoch_ensemble and not (cfg.data.valid or cfg.data.test):
         raise ConfigError("train.epoch_ensemble scores every epoch's predictions: give data.valid or data.test",
                           ["train.epoch_ensemble", "data.valid", "data.test"])

@@ -85,3 +85,51 @@ def test_plateau_rule_equals_torch_reduce_lr_on_plateau():
             assert ours.factor(1) == pytest.approx(ref_opt.param_groups[0]["lr"])
             changes += ours.factor(1) != 1.0
         assert changes  # the curves do plateau: the rule was exercised
+
+
+def test_head_only_steps_train_the_head_alone_then_warm_the_encoder_up():
+    """LP-FT: for head_only_steps the encoder does not move (weight decay included), the head does; then the
+    encoder's lr warms up from zero over warmup_steps while the head's schedule goes on."""
+    torch.manual_seed(0)
+    model = tiny_classifier()
+    cfg = OptimConfig(optimizer="adamw", lr=1e-2, weight_decay=0.05, warmup_steps=2, head_only_steps=3)
+    opt = build_optimizer(model, cfg, torch.device("cpu"))
+    sched = LRSchedule(opt, cfg, total_steps=10, steps_per_epoch=5)
+    encoder0 = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    head0 = model.head[1].weight.clone()
+    x = torch.randn(4, 64, 128)  # (batch, frames, mel bins)
+    y = torch.tensor([0, 1, 2, 3])
+    for step in range(3):
+        assert sched.apply(step) == pytest.approx(1e-2 * min(1.0, (step + 1) / 2))
+        assert {g["lr"] for g in opt.param_groups if not g["head"]} == {0.0}
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert all(torch.equal(v, encoder0[k]) for k, v in model.encoder.state_dict().items())
+    assert not torch.equal(model.head[1].weight, head0)
+    sched.apply(3)  # the encoder's first step: half its lr (warm-up of 2), the head at full lr
+    assert [g["lr"] for g in opt.param_groups if not g["head"]] == pytest.approx([5e-3, 5e-3])
+    assert [g["lr"] for g in opt.param_groups if g["head"]] == pytest.approx([1e-2, 1e-2])
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert not torch.equal(model.encoder.blocks[0].attn.qkv.weight, encoder0["blocks.0.attn.qkv.weight"])
+    assert sched.encoder_factor(4) == 1.0
+
+
+def test_without_head_only_steps_the_groups_stay_as_before():
+    """Checkpoints made before head_only_steps existed resume: its groups split the head off only when it is set."""
+    model = tiny_classifier()
+    plain = param_groups(model, OptimConfig(weight_decay=0.01))
+    assert len(plain) == 2 and not any(g["head"] for g in plain)  # decayed and not, as always
+    lpft = param_groups(model, OptimConfig(weight_decay=0.01, head_only_steps=5))
+    assert len(lpft) == 4 and sum(len(g["params"]) for g in lpft if g["head"]) == 4  # LayerNorm + Linear
+
+
+def test_head_only_steps_is_a_fine_tuning_setting():
+    from ssast.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="optim.head_only_steps"):
+        load_config(None, ["task=pretrain", "optim.head_only_steps=10"])
+    with pytest.raises(ConfigError, match="optim.head_only_steps must be at least 0"):
+        load_config(None, ["task=finetune", "optim.head_only_steps=-1"])

@@ -10,7 +10,7 @@ from ssast.config import OptimConfig
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Groups keyed by (lr scale, weight decay).
+    """Groups keyed by (lr scale, weight decay, and with ``head_only_steps`` whether they are the head's).
 
     1-D parameters (norms, biases) and the model's ``no_weight_decay()`` names get no weight decay. With
     ``layer_decay < 1`` the layer of each parameter comes from the model's timm-style ``group_matcher`` (via timm's
@@ -25,7 +25,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
         layer_of = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
         num_layers = max(layer_of.values()) + 1  # timm puts what no rule matches (the head) in the last layer
-    groups: dict[tuple[float, float], dict] = {}
+    groups: dict[tuple[float, float, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -33,10 +33,13 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
         scale = 1.0
         if layer_of:
             scale = cfg.layer_decay ** (num_layers - 1 - layer_of.get(name, num_layers - 1))
-        if name.startswith("head."):
+        head = name.startswith("head.")
+        if head:
             scale *= cfg.head_lr_mult
-        key = (scale, wd)
-        groups.setdefault(key, {"params": [], "lr_scale": scale, "weight_decay": wd})["params"].append(p)
+        # the head its own group only where it must be (the groups of older checkpoints stay as they were)
+        key = (scale, wd, head and cfg.head_only_steps > 0)
+        group = groups.setdefault(key, {"params": [], "lr_scale": scale, "weight_decay": wd, "head": key[2]})
+        group["params"].append(p)
     return list(groups.values())
 
 
@@ -50,6 +53,9 @@ class LRSchedule:
     """Linear warm-up, then constant / cosine / step (start, every, factor) / plateau.
 
     ``unit`` is what the step schedule counts: epochs for fine-tuning (the authors' recipes), steps for pretraining.
+    With ``head_only_steps`` N, every group but the head's has lr 0 for steps below N, then warms up again over
+    ``warmup_steps`` (LP-FT: a head fitted on the frozen features first, so that the encoder's first updates follow a
+    useful head instead of a random one). A function of the step alone, so resume stays exact.
     The plateau schedule multiplies the lr by ``plateau_factor`` after more than ``plateau_patience`` checks in a row
     (one every ``plateau_every`` steps) without an improvement of the validation masked accuracy, as the authors do.
     """
@@ -81,9 +87,17 @@ class LRSchedule:
     def apply(self, step: int) -> float:
         """Set every group's lr for this optimiser step; returns the base lr."""
         lr = self.cfg.lr * self.factor(step)
+        body = self.encoder_factor(step)
         for g in self.opt.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
+            g["lr"] = lr * g.get("lr_scale", 1.0) * (1.0 if g.get("head") else body)
         return lr
+
+    def encoder_factor(self, step: int) -> float:
+        """The encoder's share of the lr under ``head_only_steps``: 0 while frozen, then a fresh linear warm-up."""
+        frozen, warm = self.cfg.head_only_steps, self.cfg.warmup_steps
+        if step < frozen:
+            return 0.0
+        return min(1.0, (step - frozen + 1) / warm) if frozen and warm > 0 else 1.0
 
     def report_metric(self, value: float) -> None:
         """Plateau check, with torch's ReduceLROnPlateau(mode="max", threshold_mode="rel") semantics: a value better
