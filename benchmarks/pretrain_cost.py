@@ -7,7 +7,8 @@ its frozen encoder is probed (``TrainingProbe``: linear, every layer, best layer
 class at evenly spaced points of the run. The x axis is training seconds as the engine counts them (probes and
 checkpoints left out). The floor is a random encoder of the same shape and seed, probed the same way. With
 ``--finetune`` the final encoder and scratch are also fine-tuned on the same 4 clips per class with the few-label
-recipe (``configs/finetune/custom_template.yaml`` at the demo's scale).
+recipe (``configs/finetune/custom_template.yaml`` at the demo's scale); ``--recipes`` adds fine-tuning recipes for
+the pretrained start (``RECIPES``: layer-wise lr decay, probe-then-fine-tune), each against the same scratch.
 
 Options (``OPTIONS``): the one-pass SSAST path (all tokens, the demo's mask of half the tokens, cluster masks for
 patches), and the visible-token path with K masks per clip, cluster or inverse-block masks, and mask ratios.
@@ -18,6 +19,7 @@ Rows are appended as they come (an interrupted study resumes), to ``benchmarks/r
 
     python benchmarks/pretrain_cost.py --work runs/cost --tasks speech --shapes patch --seeds 0      # a screen
     python benchmarks/pretrain_cost.py --work runs/cost --options one-pass visible-k8 --finetune     # 3 seeds
+    python benchmarks/pretrain_cost.py --work runs/cost --finetune --recipes llrd lp-ft ...          # item 4
     python benchmarks/pretrain_cost.py --report                                                      # table + plot
 """
 from __future__ import annotations
@@ -55,11 +57,14 @@ OPTIONS = {  # name -> pretraining overrides on top of the demo's config (config
     "visible-k8-r0.9": _visible(8, 0.9),
     "visible-k8-inverse-r0.9": _visible(8, 0.9, "inverse_block"),
 }
+# fine-tuning recipes for a pretrained start, on top of the few-label template (all 400 steps): the template's lr for
+# every layer, layer-wise decay 0.75 from the head down, or the head alone for the first quarter (LP-FT)
+RECIPES = {"template": [], "llrd": ["optim.layer_decay=0.75"], "lp-ft": ["optim.head_only_steps=100"]}
 SHAPES = {"patch": PRETRAIN_SHAPES["patch"], "frame": PRETRAIN_SHAPES["frame"]}
 
 
 def _cells(row: dict) -> tuple:
-    return tuple(row.get(k) for k in ("kind", "task", "shape", "option", "seed"))
+    return tuple(row.get(k) for k in ("kind", "task", "shape", "option", "seed", "recipe"))
 
 
 def pretrain_config(task_corpus, shape: str, option: str, seed: int, run: Path, steps: int, probe_every: int):
@@ -126,11 +131,15 @@ def run_folder(work: Path, task: str, shape: str, option: str, seed: int) -> Pat
     return work / task / f"{shape}-{option}-s{seed}"
 
 
-def finetune_4(work: Path, corpus, task: str, shape: str, init: str, seed: int) -> float:
-    """Test accuracy after the few-label recipe on 4 clips per class from ``init`` (a checkpoint or scratch)."""
-    name = "patch" if shape == "patch" else "frame"
-    got = run_finetune(work / task / f"ft-{shape}-s{seed}", finetune_shape(name) + CANDIDATES["template"]()
-                       + labelled(corpus, PER_CLASS) + [f"model.init={init}", f"train.seed={seed}"])
+def finetune_overrides(corpus, shape: str, init: str, seed: int, recipe: str) -> list[str]:
+    return (finetune_shape("patch" if shape == "patch" else "frame") + CANDIDATES["template"]() + RECIPES[recipe]
+            + labelled(corpus, PER_CLASS) + [f"model.init={init}", f"train.seed={seed}"])
+
+
+def finetune_4(work: Path, corpus, task: str, shape: str, init: str, seed: int, recipe: str = "template") -> float:
+    """Test accuracy after the few-label recipe (with ``RECIPES[recipe]`` on top) on 4 clips per class from ``init``
+    (a checkpoint or scratch)."""
+    got = run_finetune(work / task / f"ft-{shape}-s{seed}", finetune_overrides(corpus, shape, init, seed, recipe))
     return got["accuracy"]
 
 
@@ -209,6 +218,42 @@ def table(lines: list[dict]) -> str:
     return "\n".join(out)
 
 
+def recipe_summary(rows: list[dict]) -> list[dict]:
+    """Per (task, shape, option) and recipe: the pretrained start's fine-tuning at 4 per class, mean and range over
+    the seeds, against scratch with the template on the same seeds."""
+    scratch = {(r["task"], r["shape"], r["seed"]): r["finetune"] for r in rows if r["kind"] == "scratch"}
+    cells: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        if r["kind"] == "run" and "finetune" in r:
+            cells.setdefault((r["task"], r["shape"], r["option"], "template"), {})[r["seed"]] = r["finetune"]
+        elif r["kind"] == "recipe":
+            cells.setdefault((r["task"], r["shape"], r["option"], r["recipe"]), {})[r["seed"]] = r["finetune"]
+    out = []
+    for (task, shape, option, recipe), got in sorted(cells.items()):
+        seeds = sorted(s for s in got if (task, shape, s) in scratch)
+        if not seeds:
+            continue
+        pre = np.array([got[s] for s in seeds])
+        base = np.array([scratch[(task, shape, s)] for s in seeds])
+        out.append({"task": task, "shape": shape, "option": option, "recipe": recipe, "seeds": len(seeds),
+                    "pretrained": round(float(pre.mean()), 4), "pretrained_min": float(pre.min()),
+                    "pretrained_max": float(pre.max()), "scratch": round(float(base.mean()), 4),
+                    "minus_scratch": round(float((pre - base).mean()), 4),
+                    "worst_seed_minus_scratch": round(float((pre - base).min()), 4)})
+    return out
+
+
+def recipe_table(lines: list[dict]) -> str:
+    out = ["| task | shape | pretraining | recipe | seeds | pretrained (min-max) | scratch, template | "
+           "pretrained - scratch | worst seed |", "|" + "---|" * 9]
+    for r in lines:
+        out.append(f"| {r['task']} | {r['shape']} | {r['option']} | {r['recipe']} | {r['seeds']} | "
+                   f"{100 * r['pretrained']:.1f} ({100 * r['pretrained_min']:.0f}-{100 * r['pretrained_max']:.0f}) | "
+                   f"{100 * r['scratch']:.1f} | {100 * r['minus_scratch']:+.1f} | "
+                   f"{100 * r['worst_seed_minus_scratch']:+.1f} |")
+    return "\n".join(out)
+
+
 def plot(rows: list[dict], png: Path) -> Path:
     """Best-layer probe accuracy against training seconds, one panel per (task, shape), mean over seeds per option;
     the random encoder's probe dashed, +10 points dotted."""
@@ -258,6 +303,8 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=6, help="probes per run, evenly spaced")
     ap.add_argument("--finetune", action="store_true",
                     help="also fine-tune each final encoder (now or kept from an earlier call) and scratch at 4/class")
+    ap.add_argument("--recipes", nargs="+", default=[], choices=[r for r in RECIPES if r != "template"],
+                    help="with --finetune: also fine-tune each final encoder with these recipes")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--report", action="store_true", help="only print the table and draw the plot")
     args = ap.parse_args()
@@ -289,7 +336,15 @@ def main() -> None:
                         if args.finetune and "finetune" not in row and final.is_dir():
                             rows = add(results, {**row, "finetune": finetune_4(work, corpus, task, shape,
                                                                                str(final), seed)})
+                        for recipe in args.recipes if args.finetune and final.is_dir() else []:
+                            if ("recipe", task, shape, option, seed, recipe) not in done:
+                                rows = add(results, {"kind": "recipe", "task": task, "shape": shape,
+                                                     "option": option, "seed": seed, "recipe": recipe,
+                                                     "finetune": finetune_4(work, corpus, task, shape, str(final),
+                                                                            seed, recipe)})
     print(table(summary(rows)))
+    if any(r["kind"] == "recipe" for r in rows):
+        print(recipe_table(recipe_summary(rows)))
     print(f"plot: {plot(rows, results.with_suffix('.png'))}")
 
 

@@ -72,3 +72,29 @@ def test_rows_are_replaced_per_cell_and_survive_as_json(tmp_path):
     rows = study.add(results, {**_run("speech", "one-pass", 0, [1], [0.3]), "finetune": 0.4})
     assert [(r["seed"], r["curve"][0]["best"], r.get("finetune")) for r in rows] == [(1, 0.2, None), (0, 0.3, 0.4)]
     assert json.loads(results.read_text()) == rows
+
+
+@pytest.mark.parametrize("recipe, decay, head_only", [("template", 1.0, 0), ("llrd", 0.75, 0), ("lp-ft", 1.0, 100)])
+def test_recipes_are_the_template_plus_what_they_name(recipe, decay, head_only):
+    cfg = study._config("finetune", study.finetune_overrides(_Corpus(), "frame", "scratch", 1, recipe))
+    o = cfg.optim
+    assert (o.layer_decay, o.head_only_steps, o.lr, cfg.train.min_steps) == (decay, head_only, 5e-4, 400)
+    assert (cfg.model.fshape, cfg.model.tshape, cfg.train.seed) == (128, 2, 1)
+    assert cfg.data.train == ["train_4.json"]
+
+
+def test_recipe_summary_pairs_each_seed_with_its_scratch():
+    rows = [{"kind": "scratch", "task": "speech", "shape": "frame", "option": "scratch", "seed": s, "finetune": f}
+            for s, f in ((0, 0.30), (1, 0.40), (2, 0.50))]
+    rows += [{**_run("speech", "one-pass", s, [10], [0.3]), "finetune": f} for s, f in ((0, 0.20), (1, 0.45))]
+    rows += [{"kind": "recipe", "task": "speech", "shape": "frame", "option": "one-pass", "seed": s,
+              "recipe": "lp-ft", "finetune": f} for s, f in ((0, 0.35), (1, 0.40), (2, 0.56))]
+    got = {r["recipe"]: r for r in study.recipe_summary(rows)}
+    # the template ran on seeds 0 and 1 only: scratch is their mean, 0.35, and seed 0 lost by 10 points
+    assert got["template"]["seeds"] == 2 and got["template"]["scratch"] == pytest.approx(0.35)
+    assert got["template"]["minus_scratch"] == pytest.approx(-0.025)
+    assert got["template"]["worst_seed_minus_scratch"] == pytest.approx(-0.10)
+    assert got["lp-ft"]["seeds"] == 3 and got["lp-ft"]["minus_scratch"] == pytest.approx(0.11 / 3, abs=1e-4)
+    assert got["lp-ft"]["worst_seed_minus_scratch"] == pytest.approx(0.0)
+    assert "| speech | frame | one-pass | lp-ft | 3 | 43.7 (35-56) | 40.0 | +3.7 | +0.0 |" in study.recipe_table(
+        list(got.values()))
