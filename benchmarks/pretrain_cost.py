@@ -63,8 +63,13 @@ RECIPES = {"template": [], "llrd": ["optim.layer_decay=0.75"], "lp-ft": ["optim.
 SHAPES = {"patch": PRETRAIN_SHAPES["patch"], "frame": PRETRAIN_SHAPES["frame"]}
 
 
+def cell(kind: str, task: str | None, shape: str, option: str, seed: int | None, recipe: str | None = None) -> tuple:
+    """What a row is about: a second row of the same cell replaces it, a present cell is not run again."""
+    return kind, task, shape, option, seed, recipe
+
+
 def _cells(row: dict) -> tuple:
-    return tuple(row.get(k) for k in ("kind", "task", "shape", "option", "seed", "recipe"))
+    return cell(*(row.get(k) for k in ("kind", "task", "shape", "option", "seed", "recipe")))
 
 
 def pretrain_config(task_corpus, shape: str, option: str, seed: int, run: Path, steps: int, probe_every: int):
@@ -320,24 +325,24 @@ def main() -> None:
             corpus = corpus_for(work, task)
             for shape in args.shapes:
                 for seed in args.seeds:
-                    if ("floor", task, shape, "random", seed) not in done:
+                    if cell("floor", task, shape, "random", seed) not in done:
                         rows = add(results, random_floor(work, corpus, task, shape, seed))
-                    if args.finetune and ("scratch", task, shape, "scratch", seed) not in done:
+                    if args.finetune and cell("scratch", task, shape, "scratch", seed) not in done:
                         rows = add(results, {"kind": "scratch", "task": task, "shape": shape, "option": "scratch",
                                              "seed": seed, "finetune": finetune_4(work, corpus, task, shape,
                                                                                   "scratch", seed)})
                     for option in args.options:
-                        if ("run", task, shape, option, seed) not in done:
+                        if cell("run", task, shape, option, seed) not in done:
                             s = seconds_per_step(work, results, rows, corpus, shape, option)
                             rows = add(results, pretrain_run(work, corpus, task, shape, option, seed, args.seconds,
                                                              args.points, s))
-                        row = next(r for r in rows if _cells(r) == ("run", task, shape, option, seed))
+                        row = next(r for r in rows if _cells(r) == cell("run", task, shape, option, seed))
                         final = run_folder(work, task, shape, option, seed) / "final"
                         if args.finetune and "finetune" not in row and final.is_dir():
                             rows = add(results, {**row, "finetune": finetune_4(work, corpus, task, shape,
                                                                                str(final), seed)})
                         for recipe in args.recipes if args.finetune and final.is_dir() else []:
-                            if ("recipe", task, shape, option, seed, recipe) not in done:
+                            if cell("recipe", task, shape, option, seed, recipe) not in done:
                                 rows = add(results, {"kind": "recipe", "task": task, "shape": shape,
                                                      "option": option, "seed": seed, "recipe": recipe,
                                                      "finetune": finetune_4(work, corpus, task, shape, str(final),

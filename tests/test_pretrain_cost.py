@@ -98,3 +98,12 @@ def test_recipe_summary_pairs_each_seed_with_its_scratch():
     assert got["lp-ft"]["worst_seed_minus_scratch"] == pytest.approx(0.0)
     assert "| speech | frame | one-pass | lp-ft | 3 | 43.7 (35-56) | 40.0 | +3.7 | +0.0 |" in study.recipe_table(
         list(got.values()))
+
+
+def test_a_row_is_found_again_by_the_cell_the_study_asks_for():
+    """Resuming skips what is done: the cell a row reads as is the cell the study looks up, with or without a recipe."""
+    run = _run("speech", "one-pass", 2, [10], [0.3])
+    assert study._cells(run) == study.cell("run", "speech", "frame", "one-pass", 2)
+    recipe = {"kind": "recipe", "task": "speech", "shape": "frame", "option": "one-pass", "seed": 2, "recipe": "llrd"}
+    assert study._cells(recipe) == study.cell("recipe", "speech", "frame", "one-pass", 2, "llrd")
+    assert study._cells(recipe) != study._cells({**recipe, "recipe": "lp-ft"})
