@@ -448,10 +448,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ssast.environment import EnvironmentMismatch, require
 
+    completed = False
     try:
         if args.command not in NO_MODEL_COMMANDS:
             require("torchvision")  # timm imports it: a mismatched build would fail deep inside the first model import
-        return args.func(args)
+        code = args.func(args)
+        completed = code == 0
+        return code
     except EnvironmentMismatch as e:  # before user_errors(), whose imports would fail the same way
         print(f"ssast {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -466,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ssast {args.command}: error: {why}", file=sys.stderr)
         return 2
+    finally:
+        if "torch.distributed" in sys.modules:  # a command that never imported torch has no process group
+            from ssast.train.runtime import leave_distributed
+
+            leave_distributed(completed)
 
 
 if __name__ == "__main__":

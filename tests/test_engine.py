@@ -284,3 +284,20 @@ def test_multilabel_finetune_reports_map_and_per_class_csv(corpus, tmp_path):
     rows = (run / "per_class_ap.csv").read_text().strip().splitlines()
     assert rows[0] == "index,mid,display_name,ap" and len(rows) == 7
     assert rows[1].startswith("0,rising,")
+
+
+def test_leaving_the_process_group_tears_it_down(tmp_path):
+    """Every command leaves torchrun's group itself (ssast.cli.main): a group left to the exit-time destructors can
+    abort a rank with SIGABRT while its peer still writes."""
+    import torch.distributed as dist
+
+    from ssast.train.runtime import leave_distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        leave_distributed(completed=True)  # one rank's barrier passes at once
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    leave_distributed(completed=False)  # no group: nothing to do

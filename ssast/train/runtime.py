@@ -213,6 +213,12 @@ def gather_to_main(rt: Runtime, obj) -> list | None:
     return out
 
 
-def cleanup_distributed() -> None:
+def leave_distributed(completed: bool) -> None:
+    """Tear torchrun's process group down before the interpreter exits. Left to the exit-time destructors, its
+    background threads can abort a rank (SIGABRT, "terminate called without an active exception") while a peer is
+    still at work, and torchrun then fails the whole run. After a completed command every rank first waits for the
+    others, so that none leaves while rank 0 still writes; after a failure nobody waits."""
     if dist.is_available() and dist.is_initialized():
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()
