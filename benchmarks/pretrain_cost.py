@@ -72,12 +72,16 @@ def _cells(row: dict) -> tuple:
     return cell(*(row.get(k) for k in ("kind", "task", "shape", "option", "seed", "recipe")))
 
 
-def pretrain_config(task_corpus, shape: str, option: str, seed: int, run: Path, steps: int, probe_every: int):
+def pretrain_config(task_corpus, shape: str, option: str, seed: int, run: Path, steps: int, probe_every: int,
+                    keep_every: int = 0):
+    """The run's config; ``keep_every`` > 0 keeps a step checkpoint every that many steps (to fine-tune later)."""
     probe = [f"data.label_csv={task_corpus.labels}", f"data.probe_train=[{task_corpus.train_subset(PER_CLASS)}]",
              f"data.probe_test=[{task_corpus.test}]", f"train.probe_every={probe_every}"] if probe_every else []
-    return _config("pretrain", SHAPES[shape] + OPTIONS[option] + probe + [
+    keep = [f"train.ckpt_every={keep_every}", f"train.keep_last={steps // keep_every}"] if keep_every else [
+        f"train.ckpt_every={steps}"]
+    return _config("pretrain", SHAPES[shape] + OPTIONS[option] + probe + keep + [
         f"data.train=[{task_corpus.pool}]", f"train.steps={steps}", f"train.seed={seed}", f"train.run_dir={run}",
-        "train.progress=none", "train.image_every=0", f"train.ckpt_every={steps}",
+        "train.progress=none", "train.image_every=0",
         f"train.log_every={probe_every or steps}", f"optim.warmup_steps={min(50, steps // 10)}"])
 
 
@@ -111,14 +115,18 @@ def random_floor(work: Path, corpus, task: str, shape: str, seed: int) -> dict:
 
 
 def pretrain_run(work: Path, corpus, task: str, shape: str, option: str, seed: int, seconds: float, points: int,
-                 s_per_step: float) -> dict:
+                 s_per_step: float, ft_every: int = 0) -> dict:
+    """Pretrain for about ``seconds``, probing at ``points`` evenly spaced steps; with ``ft_every`` > 0, the encoder
+    at every ``ft_every``-th probe point is kept for ``finetune_along`` (the last point is the final encoder)."""
     from ssast.evaluate.probe import TrainingProbe
     from ssast.train.engine import train
 
     every = max(1, int(seconds / s_per_step / points))
     steps = every * points
+    keep_every = every * ft_every if 0 < ft_every < points else 0
     run = run_folder(work, task, shape, option, seed)
-    res = train(pretrain_config(corpus, shape, option, seed, run, steps, every), probe=TrainingProbe, overwrite=True)
+    res = train(pretrain_config(corpus, shape, option, seed, run, steps, every, keep_every), probe=TrainingProbe,
+                overwrite=True)
     curve = [{"step": h["step"], "train_s": h["train_s"], "best": round(h["best_layer_acc"], 4),
               "best_layer": int(h["best_layer"]), "last": round(h["linear_acc"], 4)}
              for h in res["history"] if h["split"] == "probe"]
@@ -126,10 +134,35 @@ def pretrain_run(work: Path, corpus, task: str, shape: str, option: str, seed: i
     row = {"kind": "run", "task": task, "shape": shape, "option": option, "seed": seed, "steps": steps,
            "train_s": round(res["time_s"], 1), "loader_clips_per_step": 16, "masked_copies_per_step": 16 * k,
            "curve": curve}
-    for entry in run.iterdir():  # the final encoder stays for a later --finetune, the rest goes
-        if entry.name != "final":
+    for entry in run.iterdir():  # the final encoder (and kept steps) stay for a later --finetune, the rest goes
+        if entry.name not in ("final", "checkpoints"):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     return row
+
+
+def finetune_along(work: Path, results: Path, corpus, row: dict) -> list[dict]:
+    """Fine-tune each step checkpoint ``pretrain_run`` kept (at 4 per class, the template) and record it in the row's
+    ``finetune_curve`` with the training seconds of the probe at that step; the final encoder's point is its
+    ``finetune``. One point is written at a time (an interrupted study resumes) and a fine-tuned checkpoint is
+    deleted."""
+    from ssast.train.checkpoints import list_checkpoints
+
+    task, shape, seed = row["task"], row["shape"], row["seed"]
+    run = run_folder(work, task, shape, row["option"], seed)
+    at = {p["step"]: p["train_s"] for p in row["curve"]}
+    rows = load_rows(results)
+    for ckpt in list_checkpoints(run):
+        step = int(ckpt.name.split("-")[1])
+        done = {p["step"] for p in row.get("finetune_curve", [])}
+        if step not in done:  # the run's last step holds the final encoder's weights: its fine-tune is known
+            got = row["finetune"] if step == row["steps"] else finetune_4(work, corpus, task, shape, str(ckpt), seed)
+            point = {"step": step, "train_s": at[step], "finetune": got}
+            row = {**row, "finetune_curve": sorted(row.get("finetune_curve", []) + [point], key=lambda p: p["step"])}
+            rows = add(results, row)
+        shutil.rmtree(ckpt)
+    if (run / "checkpoints").is_dir() and not any((run / "checkpoints").iterdir()):
+        (run / "checkpoints").rmdir()
+    return rows
 
 
 def run_folder(work: Path, task: str, shape: str, option: str, seed: int) -> Path:
@@ -308,6 +341,8 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=6, help="probes per run, evenly spaced")
     ap.add_argument("--finetune", action="store_true",
                     help="also fine-tune each final encoder (now or kept from an earlier call) and scratch at 4/class")
+    ap.add_argument("--finetune-every", type=int, default=0, metavar="P",
+                    help="with --finetune: also fine-tune the encoder at every P-th probe point along the run")
     ap.add_argument("--recipes", nargs="+", default=[], choices=[r for r in RECIPES if r != "template"],
                     help="with --finetune: also fine-tune each final encoder with these recipes")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -335,12 +370,15 @@ def main() -> None:
                         if cell("run", task, shape, option, seed) not in done:
                             s = seconds_per_step(work, results, rows, corpus, shape, option)
                             rows = add(results, pretrain_run(work, corpus, task, shape, option, seed, args.seconds,
-                                                             args.points, s))
+                                                             args.points, s, args.finetune_every))
                         row = next(r for r in rows if _cells(r) == cell("run", task, shape, option, seed))
                         final = run_folder(work, task, shape, option, seed) / "final"
                         if args.finetune and "finetune" not in row and final.is_dir():
                             rows = add(results, {**row, "finetune": finetune_4(work, corpus, task, shape,
                                                                                str(final), seed)})
+                        if args.finetune:
+                            rows = finetune_along(work, results, corpus, next(
+                                r for r in rows if _cells(r) == cell("run", task, shape, option, seed)))
                         for recipe in args.recipes if args.finetune and final.is_dir() else []:
                             if cell("recipe", task, shape, option, seed, recipe) not in done:
                                 rows = add(results, {"kind": "recipe", "task": task, "shape": shape,
