@@ -8,7 +8,8 @@ class at evenly spaced points of the run. The x axis is training seconds as the 
 checkpoints left out). The floor is a random encoder of the same shape and seed, probed the same way. With
 ``--finetune`` the final encoder and scratch are also fine-tuned on the same 4 clips per class with the few-label
 recipe (``configs/finetune/custom_template.yaml`` at the demo's scale); ``--recipes`` adds fine-tuning recipes for
-the pretrained start (``RECIPES``: layer-wise lr decay, probe-then-fine-tune), each against the same scratch.
+the pretrained start (``RECIPES``: layer-wise lr decay, probe-then-fine-tune), each against the same scratch, and
+``--finetune-every P`` fine-tunes the encoder at every P-th probe point too (a fine-tuning curve along the run).
 
 Options (``OPTIONS``): the one-pass SSAST path (all tokens, the demo's mask of half the tokens, cluster masks for
 patches), and the visible-token path with K masks per clip, cluster or inverse-block masks, and mask ratios.
@@ -20,6 +21,7 @@ Rows are appended as they come (an interrupted study resumes), to ``benchmarks/r
     python benchmarks/pretrain_cost.py --work runs/cost --tasks speech --shapes patch --seeds 0      # a screen
     python benchmarks/pretrain_cost.py --work runs/cost --options one-pass visible-k8 --finetune     # 3 seeds
     python benchmarks/pretrain_cost.py --work runs/cost --finetune --recipes llrd lp-ft ...          # item 4
+    python benchmarks/pretrain_cost.py --work runs/cost --finetune --finetune-every 2 ...            # along the run
     python benchmarks/pretrain_cost.py --report                                                      # table + plot
 """
 from __future__ import annotations
@@ -185,12 +187,22 @@ def finetune_4(work: Path, corpus, task: str, shape: str, init: str, seed: int, 
 # Report
 
 
-def _mean_curve(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over seeds of the best-layer probe at each probe point, against the mean training seconds there."""
-    n = min(len(r["curve"]) for r in runs)
-    t = np.mean([[p["train_s"] for p in r["curve"][:n]] for r in runs], 0)
-    a = np.mean([[p["best"] for p in r["curve"][:n]] for r in runs], 0)
+def _mean_curve(runs: list[dict], curve: str = "curve", value: str = "best") -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds of the best-layer probe (or ``value`` of another ``curve``) at each point, against the mean
+    training seconds there."""
+    n = min(len(r[curve]) for r in runs)
+    t = np.mean([[p["train_s"] for p in r[curve][:n]] for r in runs], 0)
+    a = np.mean([[p[value] for p in r[curve][:n]] for r in runs], 0)
     return t, a
+
+
+def _finetune_curve(runs: list[dict], scratch: dict[tuple, float]) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """The mean fine-tuning curve over the seeds that have one, and the mean of scratch on those same seeds."""
+    along = [r for r in runs if r.get("finetune_curve") and (r["task"], r["shape"], r["seed"]) in scratch]
+    if not along:
+        return None
+    t, a = _mean_curve(along, "finetune_curve", "finetune")
+    return t, a, float(np.mean([scratch[(r["task"], r["shape"], r["seed"])] for r in along]))
 
 
 def _first_time(t: np.ndarray, a: np.ndarray, target: float) -> float | None:
@@ -213,8 +225,10 @@ def summary(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["kind"] == "scratch":
             scratch.setdefault((r["task"], r["shape"]), []).append(r["finetune"])
+    per_seed = {(r["task"], r["shape"], r["seed"]): r["finetune"] for r in rows if r["kind"] == "scratch"}
     out = []
     for (task, shape, option), runs in groups.items():
+        along = _finetune_curve(runs, per_seed)
         t, a = _mean_curve(runs)
         floor = float(np.mean(floors.get((task, shape), [np.nan])))
         one = groups.get((task, shape, "one-pass"))
@@ -231,6 +245,9 @@ def summary(rows: list[dict]) -> list[dict]:
             "one_pass_s": one_time,
             "finetune_4": round(float(np.mean(ft)), 4) if ft else None, "finetune_seeds": len(ft),
             "scratch_4": round(float(np.mean(scratch[(task, shape)])), 4) if (task, shape) in scratch else None,
+            # along the run: the first point where the mean fine-tune beats scratch on the same seeds (None: never)
+            "finetune_points": len(along[0]) if along else 0,
+            "s_to_beat_scratch": _first_time(along[0], along[1], along[2] + 1e-9) if along else None,
             "loader_clips_per_step": runs[0]["loader_clips_per_step"],
             "masked_copies_per_step": runs[0]["masked_copies_per_step"],
         })
@@ -245,13 +262,14 @@ def table(lines: list[dict]) -> str:
         return "not reached" if v is None else f"{v:.0f}"
 
     out = ["| task | shape | option | seeds | pretrain s | probe best | probe last | random | best - random | "
-           "s to random + 10 | s to one-pass final | fine-tune @4 | scratch @4 | clips/step (masked copies) |",
-           "|" + "---|" * 14]
+           "s to random + 10 | s to one-pass final | fine-tune @4 | scratch @4 | s to fine-tune > scratch | "
+           "clips/step (masked copies) |", "|" + "---|" * 15]
     for r in lines:
         out.append(f"| {r['task']} | {r['shape']} | {r['option']} | {r['seeds']} | {r['train_s']:.0f} | "
                    f"{pct(r['probe_best'])} | {pct(r['probe_last'])} | {pct(r['floor'])} | "
                    f"{100 * r['beats_floor_by']:+.1f} | {sec(r['s_to_floor_plus_10'])} | "
                    f"{sec(r['s_to_one_pass_final'])} | {pct(r['finetune_4'])} | {pct(r['scratch_4'])} | "
+                   f"{sec(r['s_to_beat_scratch']) if r['finetune_points'] else ''} | "
                    f"{r['loader_clips_per_step']} ({r['masked_copies_per_step']}) |")
     return "\n".join(out)
 
@@ -294,7 +312,8 @@ def recipe_table(lines: list[dict]) -> str:
 
 def plot(rows: list[dict], png: Path) -> Path:
     """Best-layer probe accuracy against training seconds, one panel per (task, shape), mean over seeds per option;
-    the random encoder's probe dashed, +10 points dotted."""
+    the random encoder's probe dashed, +10 points dotted. Where fine-tuning was recorded along the run, its mean
+    curve is drawn in the option's colour with squares, and scratch's fine-tune on the same seeds in grey."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,6 +322,7 @@ def plot(rows: list[dict], png: Path) -> Path:
     from ssast.atomic import atomic_savefig
 
     panels = sorted({(r["task"], r["shape"]) for r in rows if r["kind"] == "run"})
+    per_seed = {(r["task"], r["shape"], r["seed"]): r["finetune"] for r in rows if r["kind"] == "scratch"}
     cols = min(4, len(panels))
     nrows = -(-len(panels) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False)
@@ -312,17 +332,22 @@ def plot(rows: list[dict], png: Path) -> Path:
                                                                                                        option)]
             if runs:
                 t, a = _mean_curve(runs)
-                ax.plot(t, 100 * a, "o-", ms=3, label=f"{option} (n={len(runs)})")
+                line, = ax.plot(t, 100 * a, "o-", ms=3, label=f"{option} (n={len(runs)})")
+                along = _finetune_curve(runs, per_seed)
+                if along:
+                    ax.plot(along[0], 100 * along[1], "s-.", ms=3, color=line.get_color(),
+                            label=f"{option}: fine-tune @{PER_CLASS}")
+                    ax.axhline(100 * along[2], color="grey", ls="-.", lw=1, label="scratch: fine-tune")
         floor = [r["best"] for r in rows if r["kind"] == "floor" and (r["task"], r["shape"]) == (task, shape)]
         if floor:
             ax.axhline(100 * np.mean(floor), color="k", ls="--", lw=1, label="random encoder")
             ax.axhline(100 * np.mean(floor) + 10, color="k", ls=":", lw=1, label="random + 10")
         ax.set_title(f"{task}, {shape} tokens", fontsize=9)
         ax.set_xlabel("pretraining seconds (probes left out)")
-        ax.set_ylabel(f"probe accuracy %, {PER_CLASS}/class")
+        ax.set_ylabel(f"test accuracy %, {PER_CLASS}/class")
+        ax.legend(fontsize=5)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
     atomic_savefig(fig, png, dpi=90)
     plt.close(fig)
@@ -385,6 +410,9 @@ def main() -> None:
                                                      "option": option, "seed": seed, "recipe": recipe,
                                                      "finetune": finetune_4(work, corpus, task, shape, str(final),
                                                                             seed, recipe)})
+    if not any(r["kind"] == "run" for r in rows):
+        print(f"pretrain_cost.py: no runs in {results}", file=sys.stderr)
+        raise SystemExit(2)
     print(table(summary(rows)))
     if any(r["kind"] == "recipe" for r in rows):
         print(recipe_table(recipe_summary(rows)))

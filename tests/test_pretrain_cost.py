@@ -107,3 +107,66 @@ def test_a_row_is_found_again_by_the_cell_the_study_asks_for():
     recipe = {"kind": "recipe", "task": "speech", "shape": "frame", "option": "one-pass", "seed": 2, "recipe": "llrd"}
     assert study._cells(recipe) == study.cell("recipe", "speech", "frame", "one-pass", 2, "llrd")
     assert study._cells(recipe) != study._cells({**recipe, "recipe": "lp-ft"})
+
+
+def test_kept_encoders_along_the_run_are_all_kept(tmp_path):
+    """--finetune-every keeps a step checkpoint at every P-th probe point; pruning must not take any of them."""
+    cfg = study.pretrain_config(_Corpus(), "patch", "visible-k8", 0, tmp_path / "run", 300, 30, keep_every=60)
+    assert cfg.train.ckpt_every == 60 and cfg.train.keep_last >= 300 // 60 - 1  # steps 60..240, the final apart
+    assert study.pretrain_config(_Corpus(), "patch", "visible-k8", 0, tmp_path / "run", 300, 30).train.ckpt_every \
+        == 300  # off: no step checkpoints before the end
+
+
+def _kept(run: Path, step: int) -> Path:
+    from ssast.train.checkpoints import TRAINER_STATE, step_dir
+
+    d = step_dir(run, step)
+    d.mkdir(parents=True)
+    (d / TRAINER_STATE).write_text("{}")
+    return d
+
+
+def test_finetuning_along_the_run_records_each_kept_encoder_once(tmp_path, monkeypatch):
+    run = study.run_folder(tmp_path, "speech", "frame", "one-pass", 0)
+    row = {**_run("speech", "one-pass", 0, [10, 20, 30, 40], [0.3, 0.4, 0.5, 0.6]), "steps": 3, "finetune": 0.7}
+    for step in (1, 3):  # probe points 1 and 3 (the run's last step holds the final encoder)
+        _kept(run, step)
+    calls = []
+
+    def fake_finetune(work, corpus, task, shape, init, seed, recipe="template"):
+        calls.append(Path(init).name)
+        return 0.25
+
+    monkeypatch.setattr(study, "finetune_4", fake_finetune)
+    results = tmp_path / "r.json"
+    rows = study.finetune_along(tmp_path, results, None, row)
+    assert calls == ["step-00000001"]  # the final's fine-tune is the row's own, not run again
+    assert rows[-1]["finetune_curve"] == [{"step": 1, "train_s": 20, "finetune": 0.25},
+                                          {"step": 3, "train_s": 40, "finetune": 0.7}]
+    assert not (run / "checkpoints").exists()  # each fine-tuned encoder is deleted, and the emptied folder
+    # resuming: a point on record is not fine-tuned again even if its checkpoint survived an interruption
+    _kept(run, 1)
+    study.finetune_along(tmp_path, results, None, rows[-1])
+    assert calls == ["step-00000001"] and not (run / "checkpoints").exists()
+
+
+def test_the_summary_says_when_finetuning_along_the_run_first_beats_scratch():
+    rows = [{"kind": "scratch", "task": "speech", "shape": "frame", "option": "scratch", "seed": s, "finetune": f}
+            for s, f in ((0, 0.40), (1, 0.50))]  # scratch 0.45 on the seeds with a curve
+    for seed, fts in ((0, [0.30, 0.45, 0.60]), (1, [0.40, 0.50, 0.40])):  # means 0.35, 0.475, 0.50
+        run = _run("speech", "one-pass", seed, [10, 20, 30], [0.3, 0.3, 0.3])
+        run["finetune_curve"] = [{"step": i, "train_s": t, "finetune": f} for i, (t, f) in enumerate(zip([10, 20, 30],
+                                                                                                          fts))]
+        rows.append(run)
+    def column(line):  # the table's "s to fine-tune > scratch" cell
+        head, _, row = study.table([line]).splitlines()
+        return row.split("|")[head.split("|").index(" s to fine-tune > scratch ")].strip()
+
+    line = study.summary(rows)[0]
+    assert line["finetune_points"] == 3 and line["s_to_beat_scratch"] == pytest.approx(20.0)
+    assert column(line) == "20"
+    rows[-1]["finetune_curve"][-1]["finetune"] = rows[-2]["finetune_curve"][-1]["finetune"] = 0.1
+    rows[-1]["finetune_curve"][1]["finetune"] = 0.40  # now the mean never passes 0.45
+    line = study.summary(rows)[0]
+    assert line["s_to_beat_scratch"] is None and column(line) == "not reached"
+    assert column({**line, "finetune_points": 0}) == ""  # no curve recorded: nothing claimed
