@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 FORMAT = "ssast-gpu-check"
 VERSION = 1
 # every section of the final file, in the order the script runs them
-SECTIONS = ("device", "cuda_tests", "fbank", "bf16_step", "rows", "rows_compiled", "ddp_step")
+SECTIONS = ("device", "cuda_tests", "fbank", "bf16_step", "rows", "rows_k", "rows_compiled", "ddp_step")
 STATUSES = ("ok", "failed", "skipped")
 FBANK_TOLERANCE = 1e-3  # the same bound as tests/test_fbank.py's GPU test (TF32 and reduction order)
 
@@ -208,7 +208,7 @@ def validate(doc: dict) -> list[str]:
         part = doc.get(name)
         if not isinstance(part, dict) or part.get("status") not in STATUSES:
             problems.append(f"{name}: expected a section with a status in {STATUSES}")
-    rows = [doc.get(n, {}) for n in ("rows", "rows_compiled")]
+    rows = [doc.get(n, {}) for n in ("rows", "rows_k", "rows_compiled")]
     for part in rows:
         if part.get("status") == "ok":
             for r in part.get("records", []):
@@ -223,8 +223,9 @@ def rows_part(results: Path, seconds: float) -> dict:
     doc = json.loads(results.read_text())
     records = doc.get("rows", doc) if isinstance(doc, dict) else doc
     failed = [r.get("name") for r in records if r.get("error")]
-    keep = ("name", "tokens", "precision", "compile", "batch", "tdim", "size", "clips_per_s", "median_ms", "peak_mb",
-            "gflops", "peak_gflops", "fraction_of_peak", "ratio_to_published", "error")
+    keep = ("name", "tokens", "precision", "compile", "batch", "tdim", "size", "masks_per_clip", "clips_per_s",
+            "masked_copies_per_s", "median_ms", "peak_mb", "gflops", "peak_gflops", "fraction_of_peak",
+            "ratio_to_published", "error")
     return {"status": "failed" if failed or not records else "ok", "failed_rows": failed, "seconds": seconds,
             "records": [{k: r.get(k) for k in keep} for r in records]}
 

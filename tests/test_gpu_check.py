@@ -69,13 +69,16 @@ def _canned(parts: Path) -> None:
            "peak_gflops": 2.0, "fraction_of_peak": 0.5, "error": None, "threads": None}
     (parts / "rows-results.json").write_text(json.dumps([row, {**row, "name": "inference"}]))
     (parts / "rows_compiled-results.json").write_text(json.dumps([{**row, "compile": True, "error": "timeout"}]))
+    (parts / "rows_k-results.json").write_text(json.dumps([{**row, "name": "pretrain-visible", "batch": 8,
+                                                            "masks_per_clip": k, "masked_copies_per_s": 40.0 * k}
+                                                           for k in (1, 8)]))
 
 
 def test_gpu_check_assembles_one_json_with_every_section(tmp_path):
     parts = tmp_path / "parts"
     _canned(parts)
     py = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py")]
-    for name in ("rows", "rows_compiled"):
+    for name in ("rows", "rows_k", "rows_compiled"):
         r = subprocess.run([*py, "rows", str(parts / f"{name}-results.json"), str(parts / f"{name}.json")],
                            capture_output=True, text=True, timeout=60, env=dict(os.environ, GPU_CHECK_SECONDS="42"))
         assert r.returncode == 0, r.stderr
@@ -92,6 +95,39 @@ def test_gpu_check_assembles_one_json_with_every_section(tmp_path):
         ["pretrain-onepass", "inference"]
     assert rows["records"][0]["fraction_of_peak"] == 0.5 and "threads" not in rows["records"][0]
     assert doc["rows_compiled"]["failed_rows"] == ["pretrain-onepass"]
+    assert [(r["masks_per_clip"], r["masked_copies_per_s"]) for r in doc["rows_k"]["records"]] == [(1, 40.0), (8, 320.0)]
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# A machine that says it has CUDA: each check writes an ok part, run.py logs its arguments and writes one row per K
+case "$1" in
+  -c) exit 0 ;;
+  */gpu_check.py) case "$2" in rows|assemble) exec "$REAL_PYTHON" "$@" ;; *) echo '{"status": "ok"}' > "$3" ;; esac ;;
+  */run.py) shift; echo "$*" >> "$RUN_LOG"
+    exec "$REAL_PYTHON" -c 'import json, sys; a = sys.argv[1:]; json.dump([{"name": "pretrain-visible", \
+"clips_per_s": 1.0, "peak_mb": 1.0, "fraction_of_peak": 0.1, "batch": 8, "masks_per_clip": 1}], \
+open(a[a.index("--out") + 1], "w"))' "$@" ;;
+esac
+"""
+
+
+def test_gpu_check_runs_every_section_and_the_k_rows_override_the_batch(tmp_path):
+    """The whole script, with a stand-in interpreter: every section is run, and the options a row set adds after the
+    defaults (batch 8, K = 1 and 8) are the ones run.py's own parser keeps."""
+    fake, log, out = tmp_path / "python", tmp_path / "run.log", tmp_path / "gpu.json"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    p = sh("--out", str(out), PYTHON=str(fake), REAL_PYTHON=sys.executable, RUN_LOG=str(log))
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(out.read_text())
+    assert doc["ok"] is True and set(gpu_check.SECTIONS) <= doc.keys()
+    from speed.plan import build_parser
+
+    runs = [build_parser().parse_args(line.split()) for line in log.read_text().splitlines()]
+    assert [(a.rows, a.batch, a.masks_per_clip, a.compile, a.precision) for a in runs] == [
+        (["pretrain-onepass", "pretrain-visible", "finetune-step", "inference"], 24, [1], False, ["bf16"]),
+        (["pretrain-visible"], 8, [1, 8], False, ["bf16"]),
+        (["pretrain-onepass", "pretrain-visible"], 24, [1], True, ["bf16"])]
 
 
 def test_gpu_check_a_missing_or_broken_part_is_a_failed_section(tmp_path):
