@@ -213,24 +213,19 @@ def _first_time(t: np.ndarray, a: np.ndarray, target: float) -> float | None:
 def summary(rows: list[dict]) -> list[dict]:
     """One line per (task, shape, option): final probe (best layer, last layer), the floor, time to beat the floor by
     10 points and to reach the one-pass path's final probe (both on the mean curve over seeds), fine-tuning at 4."""
-    floors: dict[tuple, list[float]] = {}
-    for r in rows:
-        if r["kind"] == "floor":
-            floors.setdefault((r["task"], r["shape"]), []).append(r["best"])
+    # floors and scratch are averaged over the option's own seeds: a one-seed option is set against its own seed
+    floors = {(r["task"], r["shape"], r["seed"]): r["best"] for r in rows if r["kind"] == "floor"}
+    per_seed = {(r["task"], r["shape"], r["seed"]): r["finetune"] for r in rows if r["kind"] == "scratch"}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["kind"] == "run":
             groups.setdefault((r["task"], r["shape"], r["option"]), []).append(r)
-    scratch: dict[tuple, list[float]] = {}
-    for r in rows:
-        if r["kind"] == "scratch":
-            scratch.setdefault((r["task"], r["shape"]), []).append(r["finetune"])
-    per_seed = {(r["task"], r["shape"], r["seed"]): r["finetune"] for r in rows if r["kind"] == "scratch"}
     out = []
     for (task, shape, option), runs in groups.items():
         along = _finetune_curve(runs, per_seed)
+        floor = float(np.mean([floors.get((task, shape, r["seed"]), np.nan) for r in runs]))
+        ft_seeds = [r["seed"] for r in runs if "finetune" in r and (task, shape, r["seed"]) in per_seed]
         t, a = _mean_curve(runs)
-        floor = float(np.mean(floors.get((task, shape), [np.nan])))
         one = groups.get((task, shape, "one-pass"))
         one_final = float(_mean_curve(one)[1][-1]) if one else None
         one_time = float(_mean_curve(one)[0][-1]) if one else None
@@ -244,7 +239,7 @@ def summary(rows: list[dict]) -> list[dict]:
             "s_to_one_pass_final": _first_time(t, a, one_final) if one_final is not None else None,
             "one_pass_s": one_time,
             "finetune_4": round(float(np.mean(ft)), 4) if ft else None, "finetune_seeds": len(ft),
-            "scratch_4": round(float(np.mean(scratch[(task, shape)])), 4) if (task, shape) in scratch else None,
+            "scratch_4": round(float(np.mean([per_seed[(task, shape, s)] for s in ft_seeds])), 4) if ft_seeds else None,
             # along the run: the first point where the mean fine-tune beats scratch on the same seeds (None: never)
             "finetune_points": len(along[0]) if along else 0,
             "s_to_beat_scratch": _first_time(along[0], along[1], along[2] + 1e-9) if along else None,

@@ -173,3 +173,18 @@ def test_the_summary_says_when_finetuning_along_the_run_first_beats_scratch():
     line = study.summary(rows)[0]
     assert line["s_to_beat_scratch"] is None and column(line) == "not reached"
     assert column({**line, "finetune_points": 0}) == ""  # no curve recorded: nothing claimed
+
+
+def test_an_option_is_set_against_the_floor_and_scratch_of_its_own_seeds():
+    rows = [{"kind": "floor", "task": "events", "shape": "patch", "option": "random", "seed": s, "best": b, "last": b}
+            for s, b in ((0, 0.30), (1, 0.50))]
+    rows += [{"kind": "scratch", "task": "events", "shape": "patch", "option": "scratch", "seed": s, "finetune": f}
+             for s, f in ((0, 0.20), (1, 0.60))]
+    one = {**_run("events", "one-pass", 0, [10, 20], [0.35, 0.45]), "shape": "patch", "finetune": 0.40}
+    both = [{**_run("events", "visible-k8", s, [10, 20], [0.5, 0.6]), "shape": "patch", "finetune": 0.5}
+            for s in (0, 1)]
+    got = {r["option"]: r for r in study.summary(rows + [one] + both)}
+    # seed 0 alone: its floor 0.30 and scratch 0.20, not the means over both seeds (0.40, 0.40)
+    assert got["one-pass"]["floor"] == pytest.approx(0.30) and got["one-pass"]["scratch_4"] == pytest.approx(0.20)
+    assert got["one-pass"]["beats_floor_by"] == pytest.approx(0.15)
+    assert got["visible-k8"]["floor"] == pytest.approx(0.40) and got["visible-k8"]["scratch_4"] == pytest.approx(0.40)
