@@ -224,12 +224,15 @@ def summary(rows: list[dict]) -> list[dict]:
     for (task, shape, option), runs in groups.items():
         along = _finetune_curve(runs, per_seed)
         floor = float(np.mean([floors.get((task, shape, r["seed"]), np.nan) for r in runs]))
-        ft_seeds = [r["seed"] for r in runs if "finetune" in r and (task, shape, r["seed"]) in per_seed]
         t, a = _mean_curve(runs)
         one = groups.get((task, shape, "one-pass"))
-        one_final = float(_mean_curve(one)[1][-1]) if one else None
-        one_time = float(_mean_curve(one)[0][-1]) if one else None
-        ft = [r["finetune"] for r in runs if "finetune" in r]
+        one_t, one_a = _mean_curve(one) if one else (None, None)
+        one_final = float(one_a[-1]) if one else None
+        one_time = float(one_t[-1]) if one else None
+        # fine-tune and scratch are averaged over the same seeds; without any scratch the fine-tune stands alone
+        tuned = [r for r in runs if "finetune" in r]
+        paired = [r for r in tuned if (task, shape, r["seed"]) in per_seed]
+        ft = [r["finetune"] for r in (paired or tuned)]
         out.append({
             "task": task, "shape": shape, "option": option, "seeds": len(runs), "train_s": round(float(t[-1]), 1),
             "probe_best": round(float(a[-1]), 4), "probe_last": round(float(np.mean([r["curve"][-1]["last"]
@@ -239,7 +242,8 @@ def summary(rows: list[dict]) -> list[dict]:
             "s_to_one_pass_final": _first_time(t, a, one_final) if one_final is not None else None,
             "one_pass_s": one_time,
             "finetune_4": round(float(np.mean(ft)), 4) if ft else None, "finetune_seeds": len(ft),
-            "scratch_4": round(float(np.mean([per_seed[(task, shape, s)] for s in ft_seeds])), 4) if ft_seeds else None,
+            "scratch_4": round(float(np.mean([per_seed[(task, shape, r["seed"])] for r in paired])), 4) if paired
+            else None,
             # along the run: the first point where the mean fine-tune beats scratch on the same seeds (None: never)
             "finetune_points": len(along[0]) if along else 0,
             "s_to_beat_scratch": _first_time(along[0], along[1], along[2] + 1e-9) if along else None,

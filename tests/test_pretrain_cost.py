@@ -188,3 +188,15 @@ def test_an_option_is_set_against_the_floor_and_scratch_of_its_own_seeds():
     assert got["one-pass"]["floor"] == pytest.approx(0.30) and got["one-pass"]["scratch_4"] == pytest.approx(0.20)
     assert got["one-pass"]["beats_floor_by"] == pytest.approx(0.15)
     assert got["visible-k8"]["floor"] == pytest.approx(0.40) and got["visible-k8"]["scratch_4"] == pytest.approx(0.40)
+
+
+def test_finetune_and_scratch_are_averaged_over_the_same_seeds():
+    rows = [{"kind": "scratch", "task": "events", "shape": "frame", "option": "scratch", "seed": 0, "finetune": 0.30}]
+    rows += [{**_run("events", "one-pass", s, [10, 20], [0.4, 0.5]), "finetune": f} for s, f in ((0, 0.40), (1, 0.90))]
+    line = study.summary(rows)[0]
+    # seed 1 has no scratch row: it must not lift the fine-tune mean above a scratch mean it is absent from
+    assert line["finetune_4"] == pytest.approx(0.40) and line["scratch_4"] == pytest.approx(0.30)
+    assert line["finetune_seeds"] == 1
+    # with no scratch at all, the fine-tune is still reported, over every seed that has one, and nothing is compared
+    alone = study.summary(rows[1:])[0]
+    assert alone["finetune_4"] == pytest.approx(0.65) and alone["scratch_4"] is None and alone["finetune_seeds"] == 2
