@@ -395,8 +395,10 @@ def main() -> None:
                     for option in args.options:
                         if cell("run", task, shape, option, seed) not in done:
                             s = seconds_per_step(work, results, rows, corpus, shape, option)
+                            # a new encoder: the recipes fine-tuned from an earlier one no longer describe it
                             rows = add(results, pretrain_run(work, corpus, task, shape, option, seed, args.seconds,
-                                                             args.points, s, args.finetune_every))
+                                                             args.points, s, args.finetune_every),
+                                       stale={cell("recipe", task, shape, option, seed, rc) for rc in RECIPES})
                         row = next(r for r in rows if _cells(r) == cell("run", task, shape, option, seed))
                         final = run_folder(work, task, shape, option, seed) / "final"
                         if args.finetune and "finetune" not in row and final.is_dir():
@@ -406,7 +408,7 @@ def main() -> None:
                             rows = finetune_along(work, results, corpus, next(
                                 r for r in rows if _cells(r) == cell("run", task, shape, option, seed)))
                         for recipe in args.recipes if args.finetune and final.is_dir() else []:
-                            if cell("recipe", task, shape, option, seed, recipe) not in done:
+                            if cell("recipe", task, shape, option, seed, recipe) not in {_cells(r) for r in rows}:
                                 rows = add(results, {"kind": "recipe", "task": task, "shape": shape,
                                                      "option": option, "seed": seed, "recipe": recipe,
                                                      "finetune": finetune_4(work, corpus, task, shape, str(final),
@@ -424,9 +426,10 @@ def load_rows(results: Path) -> list[dict]:
     return json.loads(results.read_text()) if results.exists() else []
 
 
-def add(results: Path, row: dict) -> list[dict]:
-    """Append ``row`` (replacing a row of the same cell) and print it; the file is re-read under a lock and replaced
-    atomically, so that studies running side by side (one thread each) can share it."""
+def add(results: Path, row: dict, stale: set[tuple] = frozenset()) -> list[dict]:
+    """Append ``row`` (replacing a row of the same cell, and dropping rows of the ``stale`` cells) and print it; the
+    file is re-read under a lock and replaced atomically, so that studies running side by side (one thread each) can
+    share it."""
     import fcntl
 
     from ssast.atomic import atomic_write_text
@@ -436,7 +439,7 @@ def add(results: Path, row: dict) -> list[dict]:
     results.parent.mkdir(parents=True, exist_ok=True)
     with open(results.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        rows = [r for r in load_rows(results) if _cells(r) != _cells(row)] + [row]
+        rows = [r for r in load_rows(results) if _cells(r) != _cells(row) and _cells(r) not in stale] + [row]
         atomic_write_text(results, json.dumps(rows, indent=1))
     return rows
 

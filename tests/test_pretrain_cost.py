@@ -200,3 +200,36 @@ def test_finetune_and_scratch_are_averaged_over_the_same_seeds():
     # with no scratch at all, the fine-tune is still reported, over every seed that has one, and nothing is compared
     alone = study.summary(rows[1:])[0]
     assert alone["finetune_4"] == pytest.approx(0.65) and alone["scratch_4"] is None and alone["finetune_seeds"] == 2
+
+
+def test_a_rerun_run_drops_the_recipes_of_the_encoder_it_replaces(tmp_path, monkeypatch):
+    """Recipe rows belong to one encoder: pretraining a cell again must fine-tune its recipes again, from the new one."""
+    results, work = tmp_path / "r.json", tmp_path / "work"
+    old = {"kind": "recipe", "task": "speech", "shape": "frame", "option": "one-pass", "seed": 0, "recipe": "llrd",
+           "finetune": 0.9}
+    other = {**old, "seed": 1, "finetune": 0.8}  # another seed's encoder: untouched
+    kept = [{"kind": "floor", "task": "speech", "shape": "frame", "option": "random", "seed": 0, "best": 0.3,
+             "last": 0.3}, {"kind": "scratch", "task": "speech", "shape": "frame", "option": "scratch", "seed": 0,
+                            "finetune": 0.3}]
+    results.write_text(json.dumps(kept + [old, other]))  # the run row of seed 0 was removed, to run it again
+    (study.run_folder(work, "speech", "frame", "one-pass", 0) / "final").mkdir(parents=True)
+    tuned = []
+    monkeypatch.setattr(study, "corpus_for", lambda work, task: _Corpus())
+    monkeypatch.setattr(study, "seconds_per_step", lambda *a: 0.1)
+    monkeypatch.setattr(study, "pretrain_run", lambda *a: _run("speech", "one-pass", 0, [10], [0.5]))
+    monkeypatch.setattr(study, "finetune_along", lambda work, results, corpus, row: study.load_rows(results))
+    monkeypatch.setattr(study, "plot", lambda rows, png: png)
+
+    def fake_finetune(work, corpus, task, shape, init, seed, recipe="template"):
+        tuned.append(recipe)
+        return 0.4
+
+    monkeypatch.setattr(study, "finetune_4", fake_finetune)
+    monkeypatch.setattr(sys, "argv", ["pretrain_cost.py", "--work", str(work), "--results", str(results), "--tasks",
+                                      "speech", "--shapes", "frame", "--options", "one-pass", "--seeds", "0",
+                                      "--finetune", "--recipes", "llrd"])
+    study.main()
+    rows = {study._cells(r): r for r in study.load_rows(results)}
+    assert tuned == ["template", "llrd"]  # the new encoder's own fine-tune, then the recipe again
+    assert rows[study.cell("recipe", "speech", "frame", "one-pass", 0, "llrd")]["finetune"] == 0.4
+    assert rows[study.cell("recipe", "speech", "frame", "one-pass", 1, "llrd")]["finetune"] == 0.8
