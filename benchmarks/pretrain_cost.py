@@ -229,6 +229,9 @@ def summary(rows: list[dict]) -> list[dict]:
         floor = float(np.mean([floors.get((task, shape, r["seed"]), np.nan) for r in runs]))
         t, a = _mean_curve(runs)
         one = groups.get((task, shape, "one-pass"))
+        # the one-pass final to reach is read on the option's own seeds where one-pass has them all (seeds differ)
+        seeds = {r["seed"] for r in runs}
+        one = [r for r in one if r["seed"] in seeds] if one and seeds <= {r["seed"] for r in one} else one
         one_t, one_a = _mean_curve(one) if one else (None, None)
         one_final = float(one_a[-1]) if one else None
         one_time = float(one_t[-1]) if one else None

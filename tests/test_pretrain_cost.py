@@ -67,6 +67,14 @@ def test_summary_times_are_read_off_the_mean_curve_over_seeds():
     # with no one-pass run of that task and shape, the table does not claim the one-pass final was missed
     alone = study.table(study.summary([r for r in rows if r.get("option") != "one-pass"]))
     assert "no one-pass run" in alone and "not reached" not in alone
+    # an option run on fewer seeds is set against the one-pass final of those seeds: seed 1's 0.40 at 32 s, not the
+    # 0.42 of seeds 0-2
+    more = rows + [_run("speech", "one-pass", 2, [11, 21, 31], [0.30, 0.40, 0.46]),
+                   _run("speech", "visible-k1", 1, [5, 10, 15], [0.39, 0.41, 0.45])]
+    got = {r["option"]: r for r in study.summary(more)}
+    assert got["visible-k1"]["s_to_one_pass_final"] == pytest.approx(10.0)
+    assert got["visible-k1"]["one_pass_s"] == pytest.approx(32.0)
+    assert got["visible-k8"]["s_to_one_pass_final"] == pytest.approx(11.0)  # 0.43 >= seeds 0-1's final 0.40
 
 
 def test_rows_are_replaced_per_cell_and_survive_as_json(tmp_path):
