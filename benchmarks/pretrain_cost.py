@@ -51,7 +51,7 @@ def _visible(k: int, ratio: float = 0.75, mode: str = "auto") -> list[str]:
 
 OPTIONS = {  # name -> pretraining overrides on top of the demo's config (configs/demo/pretrain.yaml)
     "one-pass": [],  # all tokens through the encoder, half of them masked, one mask per clip
-    # the same with blocks kept visible (spans of 5 tokens for frames): long masked spans, as speech models mask
+    # the same with blocks kept visible (spans of 5 tokens for frames): long masked spans, as wav2vec 2.0 masks
     "one-pass-inverse": ["model.mask_mode=inverse_block"],
     "visible-k1": _visible(1),
     "visible-k4": _visible(4),
