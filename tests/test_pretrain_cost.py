@@ -21,6 +21,7 @@ class _Corpus:  # the lists a run's config names (never read here)
 @pytest.mark.parametrize("option, visible, k, mode, ratio", [
     ("one-pass", "all", 1, "auto", 0.5),  # the demo's: all tokens, half masked
     ("one-pass-inverse", "all", 1, "inverse_block", 0.5),
+    ("one-pass-r0.75", "all", 1, "auto", 0.75),
     ("visible-k1", "visible", 1, "auto", 0.75),
     ("visible-k16", "visible", 16, "auto", 0.75),
     ("visible-k8-inverse", "visible", 8, "inverse_block", 0.75),
