@@ -33,18 +33,19 @@ def test_options_are_the_configs_they_name(option, visible, k, mode, ratio, tmp_
     assert (m.pretrain_encoder, m.masks_per_clip, m.mask_mode, m.mask_patch) == (visible, k, mode, ratio)
     assert (m.fshape, m.tshape, m.dim, m.depth) == (128, 2, 96, 4)  # the demo's tiny frame encoder
     assert (cfg.train.steps, cfg.train.probe_every, cfg.train.seed) == (300, 60, 2)
-    assert cfg.optim.lr == 1e-3  # the demo's peak lr, except for the option that doubles it
+    assert cfg.optim.lr == 1e-3  # the demo's peak lr, except for the lr options
     assert cfg.data.probe_train == ["train_4.json"] and cfg.data.batch_size == 16
     # the probes fall on logged steps, so their training seconds are exact
     assert cfg.train.probe_every % cfg.train.log_every == 0
 
 
-def test_the_lr_option_changes_only_the_peak_lr(tmp_path):
+@pytest.mark.parametrize("option, lr", [("one-pass-lr2e-3", 2e-3), ("one-pass-lr5e-4", 5e-4)])
+def test_the_lr_options_change_only_the_peak_lr(option, lr, tmp_path):
     base = study.pretrain_config(_Corpus(), "frame", "one-pass", 2, tmp_path / "a", 300, 60)
-    fast = study.pretrain_config(_Corpus(), "frame", "one-pass-lr2e-3", 2, tmp_path / "a", 300, 60)
-    assert fast.optim.lr == 2e-3
-    fast.optim.lr = base.optim.lr
-    assert fast == base
+    other = study.pretrain_config(_Corpus(), "frame", option, 2, tmp_path / "a", 300, 60)
+    assert other.optim.lr == lr
+    other.optim.lr = base.optim.lr
+    assert other == base
 
 
 def _run(task, option, seed, times, accs):
