@@ -12,8 +12,8 @@ the pretrained start (``RECIPES``: layer-wise lr decay, probe-then-fine-tune), e
 ``--finetune-every P`` fine-tunes the encoder at every P-th probe point too (a fine-tuning curve along the run).
 
 Options (``OPTIONS``): the one-pass SSAST path (all tokens, the demo's mask of half the tokens, cluster masks for
-patches and random ones for frames, or inverse-block masks; also 30% or 75% masked, or twice or half the peak lr), and the
-visible-token path with K masks per clip, cluster or inverse-block masks, and mask ratios.
+patches and random ones for frames, or inverse-block masks; also 30% or 75% masked, or twice or half the peak
+lr), and the visible-token path with K masks per clip, cluster or inverse-block masks, and mask ratios.
 
 A run's step count is set from the option's seconds per step, measured once per (shape, option) by a short run and
 kept in the results file, so that every option gets about the same seconds; the seconds actually spent are recorded.
@@ -56,8 +56,8 @@ OPTIONS = {  # name -> pretraining overrides on top of the demo's config (config
     # the one-pass path at other mask ratios: more context to fill a gap from, or less
     "one-pass-r0.3": ["model.mask_patch=0.3"],
     "one-pass-r0.75": ["model.mask_patch=0.75"],
-    # twice and half the demo's peak lr: the speech frame curve stops climbing once the cosine takes the lr below
-    # ~3.5e-4 (is the lr what limits it?)
+    # twice and half the demo's peak lr, since the speech frame curve stops climbing once the cosine takes the lr
+    # below ~3.5e-4. Measured at 30 min: half probes lower, twice breaks the encoder, so 1e-3 stays (README)
     "one-pass-lr2e-3": ["optim.lr=2e-3"],
     "one-pass-lr5e-4": ["optim.lr=5e-4"],
     "visible-k1": _visible(1),
