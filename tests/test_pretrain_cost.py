@@ -48,6 +48,14 @@ def test_the_lr_options_change_only_the_peak_lr(option, lr, tmp_path):
     assert other == base
 
 
+def test_the_two_pass_option_is_the_one_pass_path_with_the_authors_second_pass(tmp_path):
+    base = study.pretrain_config(_Corpus(), "frame", "one-pass", 2, tmp_path / "a", 300, 60)
+    other = study.pretrain_config(_Corpus(), "frame", "two-pass", 2, tmp_path / "a", 300, 60)
+    assert other.model.two_pass and not base.model.two_pass
+    other.model.two_pass = False
+    assert other == base
+
+
 def _run(task, option, seed, times, accs):
     return {"kind": "run", "task": task, "shape": "frame", "option": option, "seed": seed, "steps": 100,
             "train_s": times[-1], "loader_clips_per_step": 16, "masked_copies_per_step": 16,
