@@ -130,6 +130,13 @@ def random_floor(work: Path, corpus, task: str, shape: str, seed: int) -> dict:
             "best": round(got["best"]["linear"], 4), "last": round(got["last"]["linear"], 4)}
 
 
+def masked_copies_per_step(option: str, clips: int = 16) -> int:
+    """Masked copies through the encoder per step: K per loader clip, and twice that for the authors' two passes
+    (one mask per objective)."""
+    k = int(next((o.split("=")[1] for o in OPTIONS[option] if o.startswith("model.masks_per_clip=")), 1))
+    return clips * k * (2 if "model.two_pass=true" in OPTIONS[option] else 1)
+
+
 def pretrain_run(work: Path, corpus, task: str, shape: str, option: str, seed: int, seconds: float, points: int,
                  s_per_step: float, ft_every: int = 0) -> dict:
     """Pretrain for about ``seconds``, probing at ``points`` evenly spaced steps; with ``ft_every`` > 0, the encoder
@@ -146,9 +153,9 @@ def pretrain_run(work: Path, corpus, task: str, shape: str, option: str, seed: i
     curve = [{"step": h["step"], "train_s": h["train_s"], "best": round(h["best_layer_acc"], 4),
               "best_layer": int(h["best_layer"]), "last": round(h["linear_acc"], 4)}
              for h in res["history"] if h["split"] == "probe"]
-    k = int(next((o.split("=")[1] for o in OPTIONS[option] if o.startswith("model.masks_per_clip=")), 1))
     row = {"kind": "run", "task": task, "shape": shape, "option": option, "seed": seed, "steps": steps,
-           "train_s": round(res["time_s"], 1), "loader_clips_per_step": 16, "masked_copies_per_step": 16 * k,
+           "train_s": round(res["time_s"], 1), "loader_clips_per_step": 16,
+           "masked_copies_per_step": masked_copies_per_step(option),
            "curve": curve}
     for entry in run.iterdir():  # the final encoder (and kept steps) stay for a later --finetune, the rest goes
         if entry.name not in ("final", "checkpoints"):

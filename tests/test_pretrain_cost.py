@@ -56,6 +56,11 @@ def test_the_two_pass_option_is_the_one_pass_path_with_the_authors_second_pass(t
     assert other == base
 
 
+@pytest.mark.parametrize("option, copies", [("one-pass", 16), ("two-pass", 32), ("visible-k8", 128)])
+def test_masked_copies_per_step_count_every_mask_the_encoder_sees(option, copies):
+    assert study.masked_copies_per_step(option) == copies
+
+
 def _run(task, option, seed, times, accs):
     return {"kind": "run", "task": task, "shape": "frame", "option": option, "seed": seed, "steps": 100,
             "train_s": times[-1], "loader_clips_per_step": 16, "masked_copies_per_step": 16,
