@@ -65,6 +65,10 @@ OPTIONS = {  # name -> pretraining overrides on top of the demo's config (config
     # it probe above random where one pass probed below, at equal steps; here it gets equal seconds. Measured at
     # 30 min: it probes and fine-tunes lower than one pass, so one pass stays (README)
     "two-pass": ["model.two_pass=true"],
+    # a 2,400-clip pool is seen ~150 times in 30 minutes: the recipes' noise and circular time shift (up to 10
+    # frames) so that no view repeats, and MAE's decoupled weight decay (0.05, AdamW) against the authors' 5e-7
+    "one-pass-noise": ["augment.noise=true"],
+    "one-pass-adamw": ["optim.optimizer=adamw", "optim.weight_decay=0.05"],
     "visible-k1": _visible(1),
     "visible-k4": _visible(4),
     "visible-k8": _visible(8),
@@ -201,7 +205,9 @@ def finetune_overrides(corpus, shape: str, init: str, seed: int, recipe: str) ->
 def finetune_4(work: Path, corpus, task: str, shape: str, init: str, seed: int, recipe: str = "template") -> float:
     """Test accuracy after the few-label recipe (with ``RECIPES[recipe]`` on top) on 4 clips per class from ``init``
     (a checkpoint or scratch)."""
-    got = run_finetune(work / task / f"ft-{shape}-s{seed}", finetune_overrides(corpus, shape, init, seed, recipe))
+    # studies side by side may fine-tune the same seed at once (two options): each in its own folder
+    got = run_finetune(work / task / f"ft-{shape}-s{seed}-{os.getpid()}",
+                       finetune_overrides(corpus, shape, init, seed, recipe))
     return got["accuracy"]
 
 

@@ -56,6 +56,28 @@ def test_the_two_pass_option_is_the_one_pass_path_with_the_authors_second_pass(t
     assert other == base
 
 
+def test_the_noise_and_weight_decay_options_change_only_what_they_name(tmp_path):
+    base = study.pretrain_config(_Corpus(), "frame", "one-pass", 2, tmp_path / "a", 300, 60)
+    noise = study.pretrain_config(_Corpus(), "frame", "one-pass-noise", 2, tmp_path / "a", 300, 60)
+    adamw = study.pretrain_config(_Corpus(), "frame", "one-pass-adamw", 2, tmp_path / "a", 300, 60)
+    assert noise.augment.noise and noise.augment.time_shift == 10 and not base.augment.noise
+    assert (adamw.optim.optimizer, adamw.optim.weight_decay) == ("adamw", 0.05)
+    assert (base.optim.optimizer, base.optim.weight_decay) == ("adam", 5e-7)
+    noise.augment.noise = False
+    adamw.optim.optimizer, adamw.optim.weight_decay = base.optim.optimizer, base.optim.weight_decay
+    assert noise == base and adamw == base
+
+
+def test_studies_side_by_side_fine_tune_the_same_seed_in_folders_of_their_own(tmp_path, monkeypatch):
+    # two options of seed 0 run at once finished together and fine-tuned into one folder: one deleted the other's
+    folders = []
+    monkeypatch.setattr(study, "run_finetune", lambda run, overrides: folders.append(run) or {"accuracy": 0.5})
+    for pid in (101, 102):
+        monkeypatch.setattr(study.os, "getpid", lambda pid=pid: pid)
+        assert study.finetune_4(tmp_path, _Corpus(), "speech", "frame", "scratch", 0) == 0.5
+    assert len(set(folders)) == 2 and all(f.parent == tmp_path / "speech" for f in folders)
+
+
 @pytest.mark.parametrize("option, copies", [("one-pass", 16), ("two-pass", 32), ("visible-k8", 128)])
 def test_masked_copies_per_step_count_every_mask_the_encoder_sees(option, copies):
     assert study.masked_copies_per_step(option) == copies
