@@ -13,8 +13,8 @@ the pretrained start (``RECIPES``: layer-wise lr decay, probe-then-fine-tune), e
 
 Options (``OPTIONS``): the one-pass SSAST path (all tokens, the demo's mask of half the tokens, cluster masks for
 patches and random ones for frames, or inverse-block masks; also 30% or 75% masked, twice or half the peak lr,
-the authors' two passes per step, the recipes' noise and time shift, or AdamW decay), and the visible-token path with K masks per clip, cluster or inverse-block
-masks, and mask ratios.
+the authors' two passes per step, the recipes' noise and time shift, or AdamW decay), and the visible-token path
+with K masks per clip, cluster or inverse-block masks, and mask ratios.
 
 A run's step count is set from the option's seconds per step, measured once per (shape, option) by a short run and
 kept in the results file, so that every option gets about the same seconds; the seconds actually spent are recorded.
@@ -67,7 +67,8 @@ OPTIONS = {  # name -> pretraining overrides on top of the demo's config (config
     "two-pass": ["model.two_pass=true"],
     # a 2,400-clip pool is seen ~150 times in 30 minutes: the recipes' noise and circular time shift (up to 10
     # frames) so that no view repeats, and MAE's decoupled weight decay (0.05, AdamW) against the authors' 5e-7.
-    # Measured at 30 min, seeds 0-2: noise fine-tunes best and probes a little lower; decay probes lower (README)
+    # Measured at 30 min, seeds 0-2: noise fine-tunes better than one pass and probes a little lower; decay probes
+    # lower (README)
     "one-pass-noise": ["augment.noise=true"],
     "one-pass-adamw": ["optim.optimizer=adamw", "optim.weight_decay=0.05"],
     "visible-k1": _visible(1),
