@@ -34,38 +34,29 @@ def test_options_are_the_configs_they_name(option, visible, k, mode, ratio, tmp_
     assert (m.fshape, m.tshape, m.dim, m.depth) == (128, 2, 96, 4)  # the demo's tiny frame encoder
     assert (cfg.train.steps, cfg.train.probe_every, cfg.train.seed) == (300, 60, 2)
     assert cfg.optim.lr == 1e-3  # the demo's peak lr, except for the lr options
+    assert (cfg.optim.optimizer, cfg.optim.weight_decay) == ("adam", 5e-7)  # the authors' Adam, as the demo's
+    assert not cfg.augment.noise and cfg.augment.time_shift == 10  # the shift the noise option turns on
     assert cfg.data.probe_train == ["train_4.json"] and cfg.data.batch_size == 16
     # the probes fall on logged steps, so their training seconds are exact
     assert cfg.train.probe_every % cfg.train.log_every == 0
 
 
-@pytest.mark.parametrize("option, lr", [("one-pass-lr2e-3", 2e-3), ("one-pass-lr5e-4", 5e-4)])
-def test_the_lr_options_change_only_the_peak_lr(option, lr, tmp_path):
+@pytest.mark.parametrize("option, changed", [
+    ("one-pass-lr2e-3", {"optim.lr": 2e-3}),
+    ("one-pass-lr5e-4", {"optim.lr": 5e-4}),
+    ("two-pass", {"model.two_pass": True}),  # the authors' second pass
+    ("one-pass-noise", {"augment.noise": True}),  # with the default time shift of up to 10 frames
+    ("one-pass-adamw", {"optim.optimizer": "adamw", "optim.weight_decay": 0.05}),
+])
+def test_a_one_pass_option_changes_only_what_it_names(option, changed, tmp_path):
     base = study.pretrain_config(_Corpus(), "frame", "one-pass", 2, tmp_path / "a", 300, 60)
     other = study.pretrain_config(_Corpus(), "frame", option, 2, tmp_path / "a", 300, 60)
-    assert other.optim.lr == lr
-    other.optim.lr = base.optim.lr
+    for key, value in changed.items():
+        section, name = key.split(".")
+        was = getattr(getattr(base, section), name)
+        assert getattr(getattr(other, section), name) == value != was
+        setattr(getattr(other, section), name, was)
     assert other == base
-
-
-def test_the_two_pass_option_is_the_one_pass_path_with_the_authors_second_pass(tmp_path):
-    base = study.pretrain_config(_Corpus(), "frame", "one-pass", 2, tmp_path / "a", 300, 60)
-    other = study.pretrain_config(_Corpus(), "frame", "two-pass", 2, tmp_path / "a", 300, 60)
-    assert other.model.two_pass and not base.model.two_pass
-    other.model.two_pass = False
-    assert other == base
-
-
-def test_the_noise_and_weight_decay_options_change_only_what_they_name(tmp_path):
-    base = study.pretrain_config(_Corpus(), "frame", "one-pass", 2, tmp_path / "a", 300, 60)
-    noise = study.pretrain_config(_Corpus(), "frame", "one-pass-noise", 2, tmp_path / "a", 300, 60)
-    adamw = study.pretrain_config(_Corpus(), "frame", "one-pass-adamw", 2, tmp_path / "a", 300, 60)
-    assert noise.augment.noise and noise.augment.time_shift == 10 and not base.augment.noise
-    assert (adamw.optim.optimizer, adamw.optim.weight_decay) == ("adamw", 0.05)
-    assert (base.optim.optimizer, base.optim.weight_decay) == ("adam", 5e-7)
-    noise.augment.noise = False
-    adamw.optim.optimizer, adamw.optim.weight_decay = base.optim.optimizer, base.optim.weight_decay
-    assert noise == base and adamw == base
 
 
 def test_studies_side_by_side_fine_tune_the_same_seed_in_folders_of_their_own(tmp_path, monkeypatch):
