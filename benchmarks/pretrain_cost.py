@@ -303,7 +303,8 @@ def table(lines: list[dict]) -> str:
                    # without a one-pass run of the same task and shape there is nothing to reach
                    f"{sec(r['s_to_one_pass_final']) if r['one_pass_s'] is not None else 'no one-pass run'} | "
                    f"{pct(r['finetune_4'])} | {pct(r['scratch_4'])} | "
-                   f"{sec(r['s_to_beat_scratch']) if r['finetune_points'] else ''} | "
+                   # the final fine-tune alone (a run without --finetune-every) cannot say when it first won
+                   f"{sec(r['s_to_beat_scratch']) if r['finetune_points'] > 1 else ''} | "
                    f"{r['loader_clips_per_step']} ({r['masked_copies_per_step']}) |")
     return "\n".join(out)
 
