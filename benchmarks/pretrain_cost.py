@@ -18,6 +18,7 @@ with K masks per clip, cluster or inverse-block masks, and mask ratios.
 
 A run's step count is set from the option's seconds per step, measured once per (shape, option) by a short run and
 kept in the results file, so that every option gets about the same seconds; the seconds actually spent are recorded.
+``--steps N`` gives every option N steps instead (the demo's 1,500: what its config does at its own length).
 Rows are appended as they come (an interrupted study resumes), to ``benchmarks/results/pretrain_cost.json``.
 
     python benchmarks/pretrain_cost.py --work runs/cost --tasks speech --shapes patch --seeds 0      # a screen
@@ -50,7 +51,7 @@ def _visible(k: int, ratio: float = 0.75, mode: str = "auto") -> list[str]:
     return VISIBLE + [f"model.masks_per_clip={k}", f"model.mask_patch={ratio}", f"model.mask_mode={mode}"]
 
 
-OPTIONS = {  # name -> pretraining overrides on top of the demo's config (configs/demo/pretrain.yaml)
+OPTIONS = {  # name -> pretraining overrides on top of the demo's config with noise off (label_efficiency.STUDY_BASE)
     "one-pass": [],  # all tokens through the encoder, half of them masked, one mask per clip
     # the same with blocks kept visible (spans of 5 tokens for frames): long masked spans, as wav2vec 2.0 masks
     "one-pass-inverse": ["model.mask_mode=inverse_block"],
@@ -144,14 +145,15 @@ def masked_copies_per_step(option: str, clips: int = 16) -> int:
     return clips * k * (2 if "model.two_pass=true" in OPTIONS[option] else 1)
 
 
-def pretrain_run(work: Path, corpus, task: str, shape: str, option: str, seed: int, seconds: float, points: int,
-                 s_per_step: float, ft_every: int = 0) -> dict:
-    """Pretrain for about ``seconds``, probing at ``points`` evenly spaced steps; with ``ft_every`` > 0, the encoder
-    at every ``ft_every``-th probe point is kept for ``finetune_along`` (the last point is the final encoder)."""
+def pretrain_run(work: Path, corpus, task: str, shape: str, option: str, seed: int, steps: int, points: int,
+                 ft_every: int = 0) -> dict:
+    """Pretrain for ``steps`` (rounded down to a multiple of ``points``), probing at ``points`` evenly spaced steps;
+    with ``ft_every`` > 0, the encoder at every ``ft_every``-th probe point is kept for ``finetune_along`` (the last
+    point is the final encoder)."""
     from ssast.evaluate.probe import TrainingProbe
     from ssast.train.engine import train
 
-    every = max(1, int(seconds / s_per_step / points))
+    every = max(1, steps // points)
     steps = every * points
     keep_every = every * ft_every if 0 < ft_every < points else 0
     run = run_folder(work, task, shape, option, seed)
@@ -399,6 +401,8 @@ def main() -> None:
     ap.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--seconds", type=float, default=120.0, help="pretraining budget per run (training seconds)")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="the same pretraining steps for every option instead of --seconds (the demo's: 1500)")
     ap.add_argument("--points", type=int, default=6, help="probes per run, evenly spaced")
     ap.add_argument("--finetune", action="store_true",
                     help="also fine-tune each final encoder (now or kept from an earlier call) and scratch at 4/class")
@@ -429,10 +433,11 @@ def main() -> None:
                                                                                   "scratch", seed)})
                     for option in args.options:
                         if cell("run", task, shape, option, seed) not in done:
-                            s = seconds_per_step(work, results, rows, corpus, shape, option)
+                            steps = args.steps or int(
+                                args.seconds / seconds_per_step(work, results, rows, corpus, shape, option))
                             # a new encoder: the recipes fine-tuned from an earlier one no longer describe it
-                            rows = add(results, pretrain_run(work, corpus, task, shape, option, seed, args.seconds,
-                                                             args.points, s, args.finetune_every),
+                            rows = add(results, pretrain_run(work, corpus, task, shape, option, seed, steps,
+                                                             args.points, args.finetune_every),
                                        stale={cell("recipe", task, shape, option, seed, rc) for rc in RECIPES})
                         row = next(r for r in rows if _cells(r) == cell("run", task, shape, option, seed))
                         final = run_folder(work, task, shape, option, seed) / "final"

@@ -284,3 +284,28 @@ def test_a_rerun_run_drops_the_recipes_of_the_encoder_it_replaces(tmp_path, monk
     assert tuned == ["template", "llrd"]  # the new encoder's own fine-tune, then the recipe again
     assert rows[study.cell("recipe", "speech", "frame", "one-pass", 0, "llrd")]["finetune"] == 0.4
     assert rows[study.cell("recipe", "speech", "frame", "one-pass", 1, "llrd")]["finetune"] == 0.8
+
+
+def test_steps_give_every_option_the_same_steps_without_calibrating(tmp_path, monkeypatch):
+    """--steps replaces the seconds budget: no option is timed, and each run gets exactly that many steps."""
+    results, work = tmp_path / "r.json", tmp_path / "work"
+    results.write_text(json.dumps([{"kind": "floor", "task": "speech", "shape": "patch", "option": "random",
+                                    "seed": 0, "best": 0.3, "last": 0.3}]))
+    asked = []
+
+    def no_timing(*a):
+        raise AssertionError("--steps must not calibrate")
+
+    def fake_run(work, corpus, task, shape, option, seed, steps, points, ft_every):
+        asked.append((option, steps, points))
+        return {**_run(task, option, seed, [steps], [0.5]), "shape": shape}
+
+    monkeypatch.setattr(study, "corpus_for", lambda work, task: _Corpus())
+    monkeypatch.setattr(study, "seconds_per_step", no_timing)
+    monkeypatch.setattr(study, "pretrain_run", fake_run)
+    monkeypatch.setattr(study, "plot", lambda rows, png: png)
+    monkeypatch.setattr(sys, "argv", ["pretrain_cost.py", "--work", str(work), "--results", str(results), "--tasks",
+                                      "speech", "--shapes", "patch", "--options", "one-pass", "one-pass-noise",
+                                      "--seeds", "0", "--steps", "1500", "--points", "3"])
+    study.main()
+    assert asked == [("one-pass", 1500, 3), ("one-pass-noise", 1500, 3)]
