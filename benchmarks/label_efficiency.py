@@ -1,11 +1,11 @@
 """Label efficiency: test accuracy against labelled clips per class, from scratch and from pretrained encoders.
 
 On the synthetic tasks of :mod:`ssast.demo.synthetic` and the spoken words of ``speech_words.py`` (real synthesizer
-voices, held-out test speakers; each task with its own unlabeled pool), tiny patch, frame and
-visible-token encoders are pretrained with ``configs/demo/pretrain.yaml`` and fine-tuned on the first k clips per
-class with a fine-tuning recipe: by default the few-label recipe of ``configs/finetune/custom_template.yaml``
-(its loss, augmentation, optimiser, schedule and length keys; the model stays the demo's tiny one), or one of the
-candidate recipes it was chosen from (``--recipe``). Every result is appended to a JSON file as soon as it exists,
+voices, held-out test speakers; each task with its own unlabeled pool), tiny patch, frame and visible-token encoders
+are pretrained with ``configs/demo/pretrain.yaml`` (noise off: ``STUDY_BASE``) and fine-tuned on the first k clips per
+class with a fine-tuning recipe: by default the few-label recipe of ``configs/finetune/custom_template.yaml`` (its
+loss, augmentation, optimiser, schedule and length keys; the model stays the demo's tiny one), or one of the candidate
+recipes it was chosen from (``--recipe``). Every result is appended to a JSON file as soon as it exists,
 so an interrupted study resumes where it stopped.
 
     python benchmarks/label_efficiency.py --work runs/label_eff                       # the table of the README
@@ -86,10 +86,15 @@ CANDIDATES = {
 }
 
 
+# Every study here was measured with the demo's pretraining config before it turned on noise and time shift
+# (2026-12-07): they keep it off, so that their results files stay what they reproduce
+STUDY_BASE = {"pretrain": ["augment.noise=false"]}
+
+
 def _config(name: str, overrides: list[str]):
     from ssast.demo.run import _config as demo_config
 
-    return demo_config(name, overrides)
+    return demo_config(name, STUDY_BASE.get(name, []) + overrides)
 
 
 def corpus_for(work: Path, task: str):
