@@ -87,13 +87,14 @@ RECIPES = {"template": [], "llrd": ["optim.layer_decay=0.75"], "lp-ft": ["optim.
 SHAPES = {"patch": PRETRAIN_SHAPES["patch"], "frame": PRETRAIN_SHAPES["frame"]}
 
 
-def cell(kind: str, task: str | None, shape: str, option: str, seed: int | None, recipe: str | None = None) -> tuple:
+def cell(kind: str, task: str | None, shape: str, option: str, seed: int | None, recipe: str | None = None,
+         ft_seed: int | None = None) -> tuple:
     """What a row is about: a second row of the same cell replaces it, a present cell is not run again."""
-    return kind, task, shape, option, seed, recipe
+    return kind, task, shape, option, seed, recipe, ft_seed
 
 
 def _cells(row: dict) -> tuple:
-    return cell(*(row.get(k) for k in ("kind", "task", "shape", "option", "seed", "recipe")))
+    return cell(*(row.get(k) for k in ("kind", "task", "shape", "option", "seed", "recipe", "ft_seed")))
 
 
 def pretrain_config(task_corpus, shape: str, option: str, seed: int, run: Path, steps: int, probe_every: int,
@@ -213,6 +214,25 @@ def finetune_4(work: Path, corpus, task: str, shape: str, init: str, seed: int, 
     got = run_finetune(work / task / f"ft-{shape}-s{seed}-{os.getpid()}",
                        finetune_overrides(corpus, shape, init, seed, recipe))
     return got["accuracy"]
+
+
+def refit_seeds(seed: int, n: int) -> list[int]:
+    """The fine-tuning seeds (``train.seed``) beside ``seed`` itself when each start is fine-tuned ``n`` times."""
+    return [seed + 1000 * i for i in range(1, n)]
+
+
+def refit(work: Path, results: Path, corpus, task: str, shape: str, option: str, seed: int, final: Path,
+          n: int) -> list[dict]:
+    """Fine-tune the final encoder of a run, and scratch, once more per seed of ``refit_seeds`` (head, order,
+    augmentation and scratch's encoder drawn anew; the same labelled clips): how much one fine-tune of 4 clips per
+    class moves by chance, so that a pretrained start's loss to scratch can be told from noise."""
+    rows = load_rows(results)
+    for ft in refit_seeds(seed, n):
+        for start, init in (("scratch", "scratch"), (option, str(final))):
+            if cell("refit", task, shape, start, seed, None, ft) not in {_cells(r) for r in rows}:
+                rows = add(results, {"kind": "refit", "task": task, "shape": shape, "option": start, "seed": seed,
+                                     "ft_seed": ft, "finetune": finetune_4(work, corpus, task, shape, init, ft)})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -348,6 +368,47 @@ def recipe_table(lines: list[dict]) -> str:
     return "\n".join(out)
 
 
+def refit_summary(rows: list[dict]) -> list[dict]:
+    """Per (task, shape, option) and pretraining seed, with every fine-tuning seed the start and scratch share: the
+    mean of pretrained minus scratch over those fine-tunes, its standard error, and the spread of one fine-tune."""
+    tuned: dict[tuple, float] = {}  # (task, shape, option, seed, ft_seed) -> accuracy
+    for r in rows:
+        if r["kind"] in ("run", "scratch") and "finetune" in r:
+            tuned[(r["task"], r["shape"], r["option"], r["seed"], r["seed"])] = r["finetune"]
+        elif r["kind"] == "refit":
+            tuned[(r["task"], r["shape"], r["option"], r["seed"], r["ft_seed"])] = r["finetune"]
+    refitted = sorted({(r["task"], r["shape"], r["option"], r["seed"]) for r in rows
+                       if r["kind"] == "refit" and r["option"] != "scratch"})
+    out = []
+    for task, shape, option, seed in refitted:
+        fts = sorted(ft for (t, sh, o, s, ft) in tuned if (t, sh, o, s) == (task, shape, option, seed)
+                     and (task, shape, "scratch", seed, ft) in tuned)
+        pre = np.array([tuned[(task, shape, option, seed, ft)] for ft in fts])
+        base = np.array([tuned[(task, shape, "scratch", seed, ft)] for ft in fts])
+        d = pre - base
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out.append({"task": task, "shape": shape, "option": option, "seed": seed, "finetunes": len(fts),
+                    "pretrained": round(float(pre.mean()), 4), "scratch": round(float(base.mean()), 4),
+                    "minus_scratch": round(float(d.mean()), 4), "se": round(se, 4),
+                    "sd_pretrained": round(float(pre.std(ddof=1)), 4) if len(d) > 1 else None,
+                    "sd_scratch": round(float(base.std(ddof=1)), 4) if len(d) > 1 else None,
+                    "first_minus_scratch": round(float(d[fts.index(seed)]), 4) if seed in fts else None})
+    return out
+
+
+def refit_table(lines: list[dict]) -> str:
+    out = ["| task | shape | pretraining | seed | fine-tunes | pretrained | scratch | pretrained - scratch (SE) | "
+           "first fine-tune alone | sd of one fine-tune, pretrained / scratch |", "|" + "---|" * 10]
+    for r in lines:
+        sd = (f"{100 * r['sd_pretrained']:.1f} / {100 * r['sd_scratch']:.1f}" if r["sd_pretrained"] is not None
+              else "")
+        first = "" if r["first_minus_scratch"] is None else f"{100 * r['first_minus_scratch']:+.1f}"
+        out.append(f"| {r['task']} | {r['shape']} | {r['option']} | {r['seed']} | {r['finetunes']} | "
+                   f"{100 * r['pretrained']:.1f} | {100 * r['scratch']:.1f} | {100 * r['minus_scratch']:+.1f} "
+                   f"({100 * r['se']:.1f}) | {first} | {sd} |")
+    return "\n".join(out)
+
+
 def plot(rows: list[dict], png: Path) -> Path:
     """Best-layer probe accuracy against training seconds, one panel per (task, shape), mean over seeds per option;
     the random encoder's probe dashed, +10 points dotted. Where fine-tuning was recorded along the run, its mean
@@ -410,6 +471,8 @@ def main() -> None:
                     help="with --finetune: also fine-tune the encoder at every P-th probe point along the run")
     ap.add_argument("--recipes", nargs="+", default=[], choices=[r for r in RECIPES if r != "template"],
                     help="with --finetune: also fine-tune each final encoder with these recipes")
+    ap.add_argument("--finetune-seeds", type=int, default=1, metavar="N",
+                    help="with --finetune: fine-tune each final encoder and scratch N times, with N fine-tuning seeds")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--report", action="store_true", help="only print the table and draw the plot")
     args = ap.parse_args()
@@ -435,10 +498,11 @@ def main() -> None:
                         if cell("run", task, shape, option, seed) not in done:
                             steps = args.steps or int(
                                 args.seconds / seconds_per_step(work, results, rows, corpus, shape, option))
-                            # a new encoder: the recipes fine-tuned from an earlier one no longer describe it
+                            # a new encoder: the recipes and refits fine-tuned from an earlier one no longer describe it
+                            stale = {_cells(r) for r in rows if r["kind"] in ("recipe", "refit")
+                                     and (r["task"], r["shape"], r["option"], r["seed"]) == (task, shape, option, seed)}
                             rows = add(results, pretrain_run(work, corpus, task, shape, option, seed, steps,
-                                                             args.points, args.finetune_every),
-                                       stale={cell("recipe", task, shape, option, seed, rc) for rc in RECIPES})
+                                                             args.points, args.finetune_every), stale=stale)
                         row = next(r for r in rows if _cells(r) == cell("run", task, shape, option, seed))
                         final = run_folder(work, task, shape, option, seed) / "final"
                         if args.finetune and "finetune" not in row and final.is_dir():
@@ -447,6 +511,8 @@ def main() -> None:
                         if args.finetune:
                             rows = finetune_along(work, results, corpus, next(
                                 r for r in rows if _cells(r) == cell("run", task, shape, option, seed)))
+                        if args.finetune and args.finetune_seeds > 1 and final.is_dir():
+                            rows = refit(work, results, corpus, task, shape, option, seed, final, args.finetune_seeds)
                         for recipe in args.recipes if args.finetune and final.is_dir() else []:
                             if cell("recipe", task, shape, option, seed, recipe) not in {_cells(r) for r in rows}:
                                 rows = add(results, {"kind": "recipe", "task": task, "shape": shape,
@@ -459,6 +525,8 @@ def main() -> None:
     print(table(summary(rows)))
     if any(r["kind"] == "recipe" for r in rows):
         print(recipe_table(recipe_summary(rows)))
+    if any(r["kind"] == "refit" for r in rows):
+        print(refit_table(refit_summary(rows)))
     print(f"plot: {plot(rows, results.with_suffix('.png'))}")
 
 

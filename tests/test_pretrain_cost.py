@@ -253,16 +253,20 @@ def test_finetune_and_scratch_are_averaged_over_the_same_seeds():
     assert alone["finetune_4"] == pytest.approx(0.65) and alone["scratch_4"] is None and alone["finetune_seeds"] == 2
 
 
-def test_a_rerun_run_drops_the_recipes_of_the_encoder_it_replaces(tmp_path, monkeypatch):
-    """Recipe rows belong to one encoder: pretraining a cell again must fine-tune its recipes again, from the new one."""
+def test_a_rerun_run_drops_the_recipes_and_refits_of_the_encoder_it_replaces(tmp_path, monkeypatch):
+    """Recipe and refit rows belong to one encoder: pretraining a cell again must fine-tune them again, from the new
+    one."""
     results, work = tmp_path / "r.json", tmp_path / "work"
     old = {"kind": "recipe", "task": "speech", "shape": "frame", "option": "one-pass", "seed": 0, "recipe": "llrd",
            "finetune": 0.9}
     other = {**old, "seed": 1, "finetune": 0.8}  # another seed's encoder: untouched
+    old_refit = {"kind": "refit", "task": "speech", "shape": "frame", "option": "one-pass", "seed": 0,
+                 "ft_seed": 1000, "finetune": 0.9}
+    scratch_refit = {**old_refit, "option": "scratch", "finetune": 0.2}  # scratch has no encoder to replace
     kept = [{"kind": "floor", "task": "speech", "shape": "frame", "option": "random", "seed": 0, "best": 0.3,
              "last": 0.3}, {"kind": "scratch", "task": "speech", "shape": "frame", "option": "scratch", "seed": 0,
                             "finetune": 0.3}]
-    results.write_text(json.dumps(kept + [old, other]))  # the run row of seed 0 was removed, to run it again
+    results.write_text(json.dumps(kept + [old, other, old_refit, scratch_refit]))  # seed 0's run row was removed
     (study.run_folder(work, "speech", "frame", "one-pass", 0) / "final").mkdir(parents=True)
     tuned = []
     monkeypatch.setattr(study, "corpus_for", lambda work, task: _Corpus())
@@ -284,6 +288,8 @@ def test_a_rerun_run_drops_the_recipes_of_the_encoder_it_replaces(tmp_path, monk
     assert tuned == ["template", "llrd"]  # the new encoder's own fine-tune, then the recipe again
     assert rows[study.cell("recipe", "speech", "frame", "one-pass", 0, "llrd")]["finetune"] == 0.4
     assert rows[study.cell("recipe", "speech", "frame", "one-pass", 1, "llrd")]["finetune"] == 0.8
+    assert study.cell("refit", "speech", "frame", "one-pass", 0, None, 1000) not in rows
+    assert rows[study.cell("refit", "speech", "frame", "scratch", 0, None, 1000)]["finetune"] == 0.2
 
 
 def test_steps_give_every_option_the_same_steps_without_calibrating(tmp_path, monkeypatch):
@@ -309,3 +315,57 @@ def test_steps_give_every_option_the_same_steps_without_calibrating(tmp_path, mo
                                       "--seeds", "0", "--steps", "1500", "--points", "3"])
     study.main()
     assert asked == [("one-pass", 1500, 3), ("one-pass-noise", 1500, 3)]
+
+
+def test_refits_fine_tune_the_encoder_and_scratch_with_the_same_new_seeds_once(tmp_path, monkeypatch):
+    """--finetune-seeds 3: the final encoder and scratch are each fine-tuned with two more train.seeds, the same two,
+    and a second call (a resumed study) fine-tunes nothing again."""
+    results, work = tmp_path / "r.json", tmp_path / "work"
+    results.write_text(json.dumps([
+        {"kind": "floor", "task": "speech", "shape": "frame", "option": "random", "seed": 4, "best": 0.3, "last": 0.3},
+        {"kind": "scratch", "task": "speech", "shape": "frame", "option": "scratch", "seed": 4, "finetune": 0.4},
+        {**_run("speech", "one-pass", 4, [10], [0.5]), "finetune": 0.35}]))
+    final = study.run_folder(work, "speech", "frame", "one-pass", 4) / "final"
+    final.mkdir(parents=True)
+    tuned = []
+
+    def fake_finetune(work, corpus, task, shape, init, seed, recipe="template"):
+        tuned.append((init, seed))
+        return 0.5 if init == str(final) else 0.45
+
+    monkeypatch.setattr(study, "corpus_for", lambda work, task: _Corpus())
+    monkeypatch.setattr(study, "finetune_4", fake_finetune)
+    monkeypatch.setattr(study, "finetune_along", lambda work, results, corpus, row: study.load_rows(results))
+    monkeypatch.setattr(study, "plot", lambda rows, png: png)
+    monkeypatch.setattr(sys, "argv", ["pretrain_cost.py", "--work", str(work), "--results", str(results), "--tasks",
+                                      "speech", "--shapes", "frame", "--options", "one-pass", "--seeds", "4",
+                                      "--finetune", "--finetune-seeds", "3"])
+    study.main()
+    assert sorted(tuned) == sorted([("scratch", 1004), (str(final), 1004), ("scratch", 2004), (str(final), 2004)])
+    study.main()
+    assert len(tuned) == 4
+    line, = study.refit_summary(study.load_rows(results))
+    # fine-tunes 0.35, 0.5, 0.5 against scratch 0.4, 0.45, 0.45: each +0.05 but the first, -0.05
+    assert (line["seed"], line["finetunes"], line["first_minus_scratch"]) == (4, 3, -0.05)
+    assert line["minus_scratch"] == pytest.approx(0.05 / 3, abs=1e-4)
+
+
+def test_refit_summary_pairs_fine_tunes_by_seed_and_gives_their_spread():
+    """Only fine-tuning seeds that both the start and scratch have are compared, pair by pair; the standard error is
+    that of the paired differences, the spreads those of single fine-tunes."""
+    base = {"task": "speech", "shape": "frame", "seed": 1}
+    rows = [{**_run("speech", "one-pass", 1, [10], [0.5]), "finetune": 0.40},
+            {"kind": "scratch", "option": "scratch", "finetune": 0.30, **base}]
+    for ft, pre, scr in ((1001, 0.50, 0.36), (2001, 0.30, 0.24)):
+        rows += [{"kind": "refit", "option": "one-pass", "ft_seed": ft, "finetune": pre, **base},
+                 {"kind": "refit", "option": "scratch", "ft_seed": ft, "finetune": scr, **base}]
+    rows.append({"kind": "refit", "option": "one-pass", "ft_seed": 3001, "finetune": 0.9, **base})  # no scratch
+    line, = study.refit_summary(rows)
+    # differences 0.10, 0.14, 0.06: mean 0.10, sd 0.04, SE 0.04 / sqrt(3)
+    assert line["finetunes"] == 3
+    assert line["minus_scratch"] == pytest.approx(0.10)
+    assert line["se"] == pytest.approx(0.04 / 3 ** 0.5, abs=1e-4)
+    assert line["sd_pretrained"] == pytest.approx(0.10) and line["sd_scratch"] == pytest.approx(0.06)
+    assert line["first_minus_scratch"] == pytest.approx(0.10)
+    assert "| speech | frame | one-pass | 1 | 3 | 40.0 | 30.0 | +10.0 (2.3) | +10.0 | 10.0 / 6.0 |" in \
+        study.refit_table([line])
