@@ -202,6 +202,23 @@ def run_folder(work: Path, task: str, shape: str, option: str, seed: int) -> Pat
     return work / task / f"{shape}-{option}-s{seed}"
 
 
+def kept_final(study_dir: Path, row: dict) -> Path | None:
+    """The final encoder kept for run ``row``, or None: none kept, or one that is not this run's (its step count
+    differs), which is never fine-tuned in the run's name."""
+    final = run_folder(study_dir, row["task"], row["shape"], row["option"], row["seed"]) / "final"
+    if not final.is_dir():
+        return None
+    try:
+        step = json.loads((final / "model.json").read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        step = "unreadable"
+    if step != row["steps"]:
+        print(f"pretrain_cost.py: {final} holds an encoder of {step} steps, not this run's {row['steps']}: "
+              f"not fine-tuned (pretrain the cell again to fine-tune it)", file=sys.stderr)
+        return None
+    return final
+
+
 def finetune_overrides(corpus, shape: str, init: str, seed: int, recipe: str) -> list[str]:
     return (finetune_shape("patch" if shape == "patch" else "frame") + CANDIDATES["template"]() + RECIPES[recipe]
             + labelled(corpus, PER_CLASS) + [f"model.init={init}", f"train.seed={seed}"])
@@ -455,7 +472,7 @@ def plot(rows: list[dict], png: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", default="runs/cost", help="corpora and run folders (runs are removed when done)")
+    ap.add_argument("--work", default="runs/cost", help="corpora, and each results file's run folders under WORK/<its name> (only the encoders are kept)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "pretrain_cost.json"))
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
@@ -482,6 +499,9 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     rows = load_rows(results)
+    # each results file keeps its encoders in a folder of its own: another study's run of the same cell (say, at
+    # the demo's 1,500 steps) must not replace the encoders this one fine-tunes later
+    study_dir = work / results.stem
     if not args.report:
         done = {_cells(r) for r in rows}
         for task in args.tasks:
@@ -501,19 +521,19 @@ def main() -> None:
                             # a new encoder: the recipes and refits fine-tuned from an earlier one no longer describe it
                             stale = {_cells(r) for r in rows if r["kind"] in ("recipe", "refit")
                                      and (r["task"], r["shape"], r["option"], r["seed"]) == (task, shape, option, seed)}
-                            rows = add(results, pretrain_run(work, corpus, task, shape, option, seed, steps,
+                            rows = add(results, pretrain_run(study_dir, corpus, task, shape, option, seed, steps,
                                                              args.points, args.finetune_every), stale=stale)
                         row = next(r for r in rows if _cells(r) == cell("run", task, shape, option, seed))
-                        final = run_folder(work, task, shape, option, seed) / "final"
-                        if args.finetune and "finetune" not in row and final.is_dir():
+                        final = kept_final(study_dir, row) if args.finetune else None
+                        if final and "finetune" not in row:
                             rows = add(results, {**row, "finetune": finetune_4(work, corpus, task, shape,
                                                                                str(final), seed)})
                         if args.finetune:
-                            rows = finetune_along(work, results, corpus, next(
+                            rows = finetune_along(study_dir, results, corpus, next(
                                 r for r in rows if _cells(r) == cell("run", task, shape, option, seed)))
-                        if args.finetune and args.finetune_seeds > 1 and final.is_dir():
+                        if final and args.finetune_seeds > 1:
                             rows = refit(work, results, corpus, task, shape, option, seed, final, args.finetune_seeds)
-                        for recipe in args.recipes if args.finetune and final.is_dir() else []:
+                        for recipe in args.recipes if final else []:
                             if cell("recipe", task, shape, option, seed, recipe) not in {_cells(r) for r in rows}:
                                 rows = add(results, {"kind": "recipe", "task": task, "shape": shape,
                                                      "option": option, "seed": seed, "recipe": recipe,

@@ -81,6 +81,14 @@ def _run(task, option, seed, times, accs):
                       for i, (t, a) in enumerate(zip(times, accs))]}
 
 
+def _keep_final(study_dir, option, seed, step):
+    """A kept final encoder of a speech frame run, as far as the study reads it (its step count)."""
+    final = study.run_folder(study_dir, "speech", "frame", option, seed) / "final"
+    final.mkdir(parents=True)
+    (final / "model.json").write_text(json.dumps({"kind": "pretrain", "step": step}))
+    return final
+
+
 def test_summary_times_are_read_off_the_mean_curve_over_seeds():
     rows = [{"kind": "floor", "task": "speech", "shape": "frame", "option": "random", "seed": s, "best": b,
              "last": b} for s, b in ((0, 0.30), (1, 0.34))]  # floor 0.32: the +10 line is 0.42
@@ -267,7 +275,7 @@ def test_a_rerun_run_drops_the_recipes_and_refits_of_the_encoder_it_replaces(tmp
              "last": 0.3}, {"kind": "scratch", "task": "speech", "shape": "frame", "option": "scratch", "seed": 0,
                             "finetune": 0.3}]
     results.write_text(json.dumps(kept + [old, other, old_refit, scratch_refit]))  # seed 0's run row was removed
-    (study.run_folder(work, "speech", "frame", "one-pass", 0) / "final").mkdir(parents=True)
+    _keep_final(work / "r", "one-pass", 0, 100)
     tuned = []
     monkeypatch.setattr(study, "corpus_for", lambda work, task: _Corpus())
     monkeypatch.setattr(study, "seconds_per_step", lambda *a: 0.1)
@@ -325,8 +333,7 @@ def test_refits_fine_tune_the_encoder_and_scratch_with_the_same_new_seeds_once(t
         {"kind": "floor", "task": "speech", "shape": "frame", "option": "random", "seed": 4, "best": 0.3, "last": 0.3},
         {"kind": "scratch", "task": "speech", "shape": "frame", "option": "scratch", "seed": 4, "finetune": 0.4},
         {**_run("speech", "one-pass", 4, [10], [0.5]), "finetune": 0.35}]))
-    final = study.run_folder(work, "speech", "frame", "one-pass", 4) / "final"
-    final.mkdir(parents=True)
+    final = _keep_final(work / "r", "one-pass", 4, 100)
     tuned = []
 
     def fake_finetune(work, corpus, task, shape, init, seed, recipe="template"):
@@ -369,3 +376,26 @@ def test_refit_summary_pairs_fine_tunes_by_seed_and_gives_their_spread():
     assert line["first_minus_scratch"] == pytest.approx(0.10)
     assert "| speech | frame | one-pass | 1 | 3 | 40.0 | 30.0 | +10.0 (2.3) | +10.0 | 10.0 / 6.0 |" in \
         study.refit_table([line])
+
+
+def test_an_encoder_of_another_run_in_the_folder_is_never_fine_tuned(tmp_path, monkeypatch, capsys):
+    """Encoders live under WORK/<results name>, apart from other studies'; and a kept encoder whose step count is not
+    the run row's (a run of another length left there) is neither fine-tuned, refitted nor given recipes."""
+    results, work = tmp_path / "r.json", tmp_path / "work"
+    results.write_text(json.dumps([
+        {"kind": "floor", "task": "speech", "shape": "frame", "option": "random", "seed": 0, "best": 0.3, "last": 0.3},
+        {"kind": "scratch", "task": "speech", "shape": "frame", "option": "scratch", "seed": 0, "finetune": 0.4},
+        _run("speech", "one-pass", 0, [10], [0.5])]))  # 100 steps, not fine-tuned yet
+    _keep_final(work, "one-pass", 0, 100)  # the right length, but not under this study's folder
+    final = _keep_final(work / "r", "one-pass", 0, 1500)  # this study's folder, another run's length
+    tuned = []
+    monkeypatch.setattr(study, "corpus_for", lambda work, task: _Corpus())
+    monkeypatch.setattr(study, "finetune_4", lambda *a, **k: tuned.append(a) or 0.9)
+    monkeypatch.setattr(study, "plot", lambda rows, png: png)
+    monkeypatch.setattr(sys, "argv", ["pretrain_cost.py", "--work", str(work), "--results", str(results), "--tasks",
+                                      "speech", "--shapes", "frame", "--options", "one-pass", "--seeds", "0",
+                                      "--finetune", "--finetune-seeds", "3", "--recipes", "llrd"])
+    study.main()
+    assert tuned == []
+    assert f"{final} holds an encoder of 1500 steps, not this run's 100" in capsys.readouterr().err
+    assert "finetune" not in next(r for r in study.load_rows(results) if r["kind"] == "run")
