@@ -19,7 +19,9 @@ with K masks per clip, cluster or inverse-block masks, and mask ratios.
 A run's step count is set from the option's seconds per step, measured once per (shape, option) by a short run and
 kept in the results file, so that every option gets about the same seconds; the seconds actually spent are recorded.
 ``--steps N`` gives every option N steps instead (the demo's 1,500: what its config does at its own length).
-Rows are appended as they come (an interrupted study resumes), to ``benchmarks/results/pretrain_cost.json``.
+Rows are appended as they come (an interrupted study resumes), to ``benchmarks/results/pretrain_cost.json``; each
+results file keeps its runs' final encoders under ``--work``/its name, for later fine-tunes (``--finetune-seeds N``
+fine-tunes each, and scratch, with N paired fine-tuning seeds).
 
     python benchmarks/pretrain_cost.py --work runs/cost --tasks speech --shapes patch --seeds 0      # a screen
     python benchmarks/pretrain_cost.py --work runs/cost --options one-pass visible-k8 --finetune     # 3 seeds
@@ -203,8 +205,8 @@ def run_folder(work: Path, task: str, shape: str, option: str, seed: int) -> Pat
 
 
 def kept_final(study_dir: Path, row: dict) -> Path | None:
-    """The final encoder kept for run ``row``, or None: none kept, or one that is not this run's (its step count
-    differs), which is never fine-tuned in the run's name."""
+    """The final encoder kept for run ``row``, or None where none is kept or the one kept is not this run's (its step
+    count differs): a fine-tune must never be recorded under a run whose encoder it did not start from."""
     final = run_folder(study_dir, row["task"], row["shape"], row["option"], row["seed"]) / "final"
     if not final.is_dir():
         return None
@@ -472,7 +474,8 @@ def plot(rows: list[dict], png: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", default="runs/cost", help="corpora, and each results file's run folders under WORK/<its name> (only the encoders are kept)")
+    ap.add_argument("--work", default="runs/cost",
+                    help="corpora, and each results file's run folders under WORK/<its name> (only encoders are kept)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "pretrain_cost.json"))
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
